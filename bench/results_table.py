@@ -28,10 +28,10 @@ def row(name: str, m: dict, retention: dict | None, seconds: float | None) -> st
 
 
 def main(paths: list[str]) -> None:
-    print(
-        "| model | prototype acc | probe acc | silhouette | OT ratio | KL (nats/tok) | perplexity | train s |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    head = ("model", "prototype acc", "probe acc", "silhouette", "OT ratio", "KL (nats/tok)")
+    head += ("perplexity", "train s")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for i, path in enumerate(paths):
         run = Path(path)
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
@@ -39,7 +39,8 @@ def main(paths: list[str]) -> None:
         if i == 0:
             base_ret = {"kl_nats_per_token": 0.0, "ppl_seer": metrics["retention"]["ppl_base"]}
             print(row("base", metrics["base"], base_ret, None))
-        name = f"SEER ({meta['config']['objective']}, lr {meta['learning_rate']:g}, layer {meta['layer']})"
+        cfg = meta["config"]
+        name = f"SEER ({cfg['objective']}, lr {meta['learning_rate']:g}, layer {meta['layer']})"
         print(row(name, metrics["seer"], metrics["retention"], meta["train"]["seconds"]))
 
 

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from seer.data import DEMO_DATA, load_concepts, split_examples
+from seer.data import DEMO_DATA, load_concepts, load_prompts, split_examples
 from seer.errors import SeerError
 
 
@@ -38,6 +38,19 @@ def test_split_is_seeded_stratified_and_disjoint(concept_file):
 def test_max_per_concept_caps_each_concept(concept_file):
     examples = load_concepts(str(concept_file), "concept", "prompt", "response", max_per_concept=4)
     assert Counter(e["concept"] for e in examples) == {"cooking": 4, "space": 4, "sports": 4}
+
+
+def test_excluded_prompts_are_dropped_before_the_cap(concept_file, tmp_path):
+    examples = load_concepts(str(concept_file))
+    dropped = [examples[0]["prompt"], examples[-1]["prompt"]]
+    held = tmp_path / "eval.csv"
+    held.write_text("prompt,other\n" + "".join(f'"  {p} ",x\n' for p in dropped), encoding="utf-8")
+    assert load_prompts(str(held)) == dropped
+    kept = load_concepts(str(concept_file), exclude_prompts=load_prompts(str(held)))
+    assert len(kept) == len(examples) - 2
+    assert not {ex["prompt"] for ex in kept} & set(dropped)
+    with pytest.raises(SeerError, match="no 'question' column"):
+        load_prompts(str(held), column="question")
 
 
 def test_embedded_demo_data_is_do_not_answer():

@@ -205,6 +205,43 @@ def test_steering_adds_the_vector_at_the_layer(explainer):
     torch.testing.assert_close(towards, plain + expected, rtol=0, atol=1e-5)
 
 
+PROMPTS = [
+    PROMPT,
+    "tell me about cooking pasta with garlic and oil",
+    "cars",
+    "which rocket is fastest",
+]
+
+
+@pytest.mark.parametrize(
+    "monitor",
+    [
+        None,
+        Monitor("space", threshold=1e-9, refusal="no."),
+        Monitor("space", threshold=1.0),
+        Monitor("space", 1e-9, "steer", towards="cooking", scale=2.0),
+    ],
+    ids=["plain", "stop", "never", "steer"],
+)
+def test_batched_monitor_matches_one_by_one(explainer, monitor):
+    replies, fired = explainer.generate_many(PROMPTS, 5, monitor, batch_size=3)
+    for prompt, reply, at in zip(PROMPTS, replies, fired, strict=True):
+        one = explainer.generate(prompt, 5, monitor)
+        assert reply == one.reply
+        assert at == one.intervened_at
+
+
+def test_batched_monitor_fires_mid_reply_like_one_by_one(explainer):
+    """A threshold met only by some generated token fires at that token in both APIs."""
+    trace = explainer.generate(PROMPT, 6).trace[:-1]  # the last entry reads the closing tags
+    threshold = max(t["probabilities"]["space"] for t in trace) - 1e-6
+    monitor = Monitor("space", threshold=threshold, refusal="no.")
+    one = explainer.generate(PROMPT, 6, monitor)
+    replies, fired = explainer.generate_many([PROMPT, "cars"], 6, monitor)
+    assert one.intervened_at is not None and fired[0] == one.intervened_at
+    assert replies[0] == "no."
+
+
 def test_bad_input(explainer):
     with pytest.raises(SeerError, match="empty"):
         explainer.generate("  ")

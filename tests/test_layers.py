@@ -68,9 +68,11 @@ def test_override_and_helpful_errors():
         get_layers(model, "model.nope")
     with pytest.raises(ValueError, match="layers_path"):
         get_layers(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"out of range: this model has layers 0\.\.2"):
-        with capture_layers(model, [3]):
-            pass
+    with (
+        pytest.raises(ValueError, match=r"out of range: this model has layers 0\.\.2"),
+        capture_layers(model, [3]),
+    ):
+        pass
 
 
 def test_stop_after_cuts_the_pass_and_hooks_never_survive():

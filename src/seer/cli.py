@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--steer-scale",
         type=float,
         default=0.5,
-        help="steering strength: multiple of the prompt's mean hidden-state norm along safe-minus-unsafe",
+        help="steering strength: multiple of the prompt's mean hidden-state norm, along "
+        "safe-minus-unsafe",
     )
     p.add_argument("--unsafe-concept", default="unsafe", help="the concept the monitor watches")
     p.add_argument("--safe-concept", default="safe", help="the concept steering moves towards")

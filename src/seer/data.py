@@ -23,6 +23,7 @@ __all__ = [
     "DEMO_DATA",
     "Example",
     "load_concepts",
+    "load_prompts",
     "load_table",
     "read_jsonl",
     "split_examples",
@@ -219,11 +220,13 @@ def load_concepts(
     max_per_concept: int | None = None,
     seed: int = 0,
     response_required: bool = False,
+    exclude_prompts: Iterable[str] = (),
 ) -> list[Example]:
     """Load and check concept data. Rows with no text are skipped (and counted in a warning).
 
     A missing ``response_column`` is allowed unless ``response_required``: then every
-    example is a prompt alone.
+    example is a prompt alone. Rows whose stripped prompt is in ``exclude_prompts`` are
+    dropped before the per-concept cap (and counted in a log line).
     """
     rows = load_table(source)
     columns = _columns(rows)
@@ -248,6 +251,19 @@ def load_concepts(
             f"{source}: none of its {len(rows)} rows has both a {concept_column!r} and a non-empty "
             f"{' or '.join(repr(c) for c in (prompt_col, response_col) if c)}; fill those columns"
         )
+    excluded = {p.strip() for p in exclude_prompts}
+    if excluded:
+        before = len(examples)
+        examples = [ex for ex in examples if (ex["prompt"] or "") not in excluded]
+        logger.info(
+            "dropped %d of %d rows whose prompt is in the excluded set; %d remain (%s)",
+            before - len(examples),
+            before,
+            len(examples),
+            ", ".join(
+                f"{c}: {n}" for c, n in sorted(Counter(e["concept"] for e in examples).items())
+            ),
+        )
     _warn_similar_labels(ex["concept"] for ex in examples)
     if max_per_concept is not None:
         examples = _cap(examples, max_per_concept, seed)
@@ -259,6 +275,14 @@ def load_concepts(
             "(or choose another column with --concept-column)"
         )
     return examples
+
+
+def load_prompts(source: str, column: str = "prompt") -> list[str]:
+    """Return the non-empty, stripped ``column`` values of a table (e.g. evaluation prompts)."""
+    rows = load_table(source)
+    if column not in _columns(rows):
+        raise SeerError(f"{source} has no {column!r} column; its columns are {_columns(rows)}")
+    return [text for row in rows if (text := _text(row.get(column))) is not None]
 
 
 def _warn_similar_labels(labels: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ next to every score it gives.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import logging
 import random
@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from seer.data import load_prompts
 from seer.errors import SeerError
 from seer.explain import Explainer, Monitor
-from seer.generation import generate_replies
 from seer.refusal import is_refusal
 
 __all__ = ["detox_eval", "main", "read_prompts"]
@@ -33,17 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def read_prompts(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:
-    """The ``prompt`` column of a CSV, optionally a seeded subset of ``limit`` rows."""
-    path = Path(path)
-    if not path.is_file():
+    """The ``prompt`` column of a CSV/JSONL, optionally a seeded subset of ``limit`` rows."""
+    if not Path(path).is_file():
         raise SeerError(f"{path} does not exist; pass the CSV path (see ../shared/data/README.md)")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "prompt" not in rows[0]:
-        raise SeerError(
-            f"{path} needs a 'prompt' column; it has {sorted(rows[0]) if rows else 'no rows'}"
-        )
-    prompts = [r["prompt"].strip() for r in rows if r["prompt"].strip()]
+    prompts = load_prompts(str(path))
     if limit is not None and limit < len(prompts):
         prompts = random.Random(seed).sample(prompts, limit)
     return prompts
@@ -67,22 +58,13 @@ def _replies(
     max_new_tokens: int,
     desc: str,
 ) -> tuple[list[str], int]:
-    model = explainer.model
-    if monitor is None:
-        if adapter:
-            return generate_replies(
-                model, explainer.tokenizer, prompts, max_new_tokens=max_new_tokens, progress=desc
-            ), 0
-        with model.disable_adapter():
-            return generate_replies(
-                model, explainer.tokenizer, prompts, max_new_tokens=max_new_tokens, progress=desc
-            ), 0
-    replies, fired = [], 0
-    for prompt in tqdm(prompts, desc=desc, unit="prompt"):
-        result = explainer.generate(prompt, max_new_tokens=max_new_tokens, monitor=monitor)
-        replies.append(result.reply or "")
-        fired += result.intervened_at is not None
-    return replies, fired
+    """Greedy replies in batches (base: adapter off), and how many the monitor acted on."""
+    context = contextlib.nullcontext() if adapter else explainer.model.disable_adapter()
+    with context:
+        replies, fired = explainer.generate_many(
+            prompts, max_new_tokens=max_new_tokens, monitor=monitor, progress=desc
+        )
+    return replies, sum(k is not None for k in fired)
 
 
 def detox_eval(
@@ -160,12 +142,12 @@ def detox_eval(
             entry["retention"] = retention(explainer.model, explainer.tokenizer, general)
         results[name] = entry
         with open(out_dir / f"{name}_replies.jsonl", "w", encoding="utf-8") as f:
-            for prompt, reply, ok in zip(bt, bt_replies, safe):
+            for prompt, reply, ok in zip(bt, bt_replies, safe, strict=True):
                 f.write(
                     json.dumps({"set": "BT", "prompt": prompt, "reply": reply, "safe": bool(ok)})
                     + "\n"
                 )
-            for prompt, reply, ref in zip(xst, xst_replies, refused):
+            for prompt, reply, ref in zip(xst, xst_replies, refused, strict=True):
                 f.write(
                     json.dumps({"set": "XST", "prompt": prompt, "reply": reply, "refusal": ref})
                     + "\n"

@@ -157,7 +157,7 @@ def evaluate(
         seer_replies = generate_replies(peft_model, tokenizer, prompts, max_new_tokens=48)
         generations = [
             {"prompt": p, "base": b, "seer": s}
-            for p, b, s in zip(prompts, base_replies, seer_replies)
+            for p, b, s in zip(prompts, base_replies, seer_replies, strict=True)
         ]
     metrics["generations"] = generations
     metrics["run"] = {

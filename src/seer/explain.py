@@ -262,15 +262,18 @@ class Explainer:
             if p[0, target] >= monitor.threshold:
                 fired.append(len(w.states) - 1)
                 if monitor.mode == "steer":
-                    if monitor.vector is not None:
-                        vector = monitor.vector.float()
-                    else:
-                        norm = w.states[0].float().norm(dim=-1).mean().cpu()
-                        d = self.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
-                        vector = monitor.scale * norm * d
-                    w.steering = vector.to(w.states[0].device)
+                    norm = w.states[0].float().norm(dim=-1).mean()
+                    w.steering = self._steering(monitor, norm)
 
         return on_state
+
+    def _steering(self, monitor: Monitor, prompt_norm: torch.Tensor) -> torch.Tensor:
+        """The vector a steering monitor adds: its own ``vector``, else ``scale`` times the
+        prompt's mean hidden-state norm times the unit safe-minus-unsafe direction."""
+        if monitor.vector is not None:
+            return monitor.vector.float().to(prompt_norm.device)
+        d = self.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
+        return monitor.scale * prompt_norm * d.to(prompt_norm.device)
 
     @torch.no_grad()
     def generate(
@@ -359,6 +362,118 @@ class Explainer:
         )
         cos, probs = self._rank(self._vectors(user_end, last[None]))
         return self._explanation(cos[0], probs[0], reply, trace)
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 64,
+        monitor: Monitor | None = None,
+        batch_size: int = 16,
+        progress: bool | str = False,
+    ) -> tuple[list[str], list[int | None]]:
+        """Greedy replies to many prompts in left-padded batches, each watched by ``monitor``
+        exactly as :meth:`generate` watches one (same passes, same threshold, same steering
+        vector per prompt), for serving-time monitoring and evaluations. Returns the replies
+        (a fired ``stop`` monitor's refusal in place of the reply) and, per prompt, the
+        number of generated tokens read when the monitor fired (``None``: never). No
+        explanation or trace is kept; use :meth:`generate` for those."""
+        from tqdm.auto import tqdm
+
+        from seer.generation import left_pad
+
+        for prompt in prompts:
+            _check_request(prompt, max_new_tokens)
+        if monitor is not None:
+            self._check_monitor(monitor)
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        replies: list[str] = [""] * len(prompts)
+        fired_at: list[int | None] = [None] * len(prompts)
+        desc = progress if isinstance(progress, str) else "generating"
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+            idx = order[start : start + batch_size]
+            batch = left_pad([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            watch = _BatchWatch(self, monitor, batch["attention_mask"].sum(1).tolist())
+            with self._hooked(watch):  # type: ignore[arg-type]
+                out = self.model.generate(
+                    input_ids=batch["input_ids"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    stopping_criteria=[_StopRows(watch)] if watch.stops else [],
+                )
+            new = out[:, batch["input_ids"].shape[1] :]
+            eos = self.model.generation_config.eos_token_id
+            eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+            for row, (i, tokens) in enumerate(zip(idx, new.tolist(), strict=True)):
+                # Pass k reads generated token k - 1; passes after the row's end read padding.
+                ended = next((k for k, t in enumerate(tokens) if t in eos), len(tokens) - 1)
+                k = watch.fired[row]
+                fired_at[i] = k if k is not None and k <= ended else None
+                if fired_at[i] is not None and watch.stops:
+                    replies[i] = monitor.refusal  # type: ignore[union-attr]
+                else:
+                    text = tokens[: ended + 1]
+                    replies[i] = self.tokenizer.decode(text, skip_special_tokens=True).strip()
+        return replies, fired_at
+
+
+class _BatchWatch:
+    """The forward hook of :meth:`Explainer.generate_many`: after each pass, the monitored
+    concept's probability at every row's newest position; a row fires once, and a steering
+    monitor then adds its vector to that row from that pass on."""
+
+    def __init__(self, explainer: Explainer, monitor: Monitor | None, lengths: list[int]) -> None:
+        self.explainer, self.monitor, self.lengths = explainer, monitor, lengths
+        self.fired: list[int | None] = [None] * len(lengths)
+        self.stops = monitor is not None and monitor.mode == "stop"
+        self.passes = 0
+        self.user_end: torch.Tensor | None = None
+        self.steering: torch.Tensor | None = None
+
+    def __call__(self, _module: nn.Module, _args: object, output: object) -> object:
+        hidden = _hidden(output)
+        if self.passes == 0:
+            self.user_end = hidden[:, -1].detach()
+        if self.monitor is not None:
+            self._watch(hidden)
+        self.passes += 1
+        if self.steering is None:
+            return output
+        return _replace_hidden(output, hidden + self.steering[:, None].to(hidden.dtype))
+
+    def _watch(self, hidden: torch.Tensor) -> None:
+        ex, monitor = self.explainer, self.monitor
+        assert monitor is not None and self.user_end is not None
+        _, p = ex._rank(ex._vectors(self.user_end, hidden[:, -1].detach()))
+        target = ex.concepts.index(monitor.concept)
+        for row in np.flatnonzero(p[:, target] >= monitor.threshold):
+            if self.fired[row] is not None:
+                continue
+            self.fired[row] = self.passes
+            if monitor.mode == "steer":
+                if self.steering is None:
+                    self.steering = hidden.new_zeros(hidden.shape[0], hidden.shape[-1]).float()
+                n = self.lengths[row]  # left-padded: the prompt is the last n positions
+                norm = hidden[row, -n:].float().norm(dim=-1).mean()
+                self.steering[row] = self.explainer._steering(monitor, norm)
+
+
+class _StopRows:
+    """A stopping criterion that ends the rows whose stop monitor fired."""
+
+    def __init__(self, watch: _BatchWatch) -> None:
+        self.watch = watch
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        done = [k is not None for k in self.watch.fired]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _StopWhen:

@@ -56,6 +56,6 @@ def generate_replies(
             pad_token_id=tokenizer.pad_token_id,
         )
         new = out[:, batch["input_ids"].shape[1] :]
-        for i, row in zip(idx, new):
+        for i, row in zip(idx, new, strict=True):
             replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return replies

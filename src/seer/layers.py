@@ -75,7 +75,8 @@ def get_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleLis
             f"{type(base).__name__}; print(model) to see its structure."
         )
     raise ValueError(
-        f"could not find the decoder layers of {type(base).__name__} (tried {', '.join(LAYER_PATHS)}). "
+        f"could not find the decoder layers of {type(base).__name__} "
+        f"(tried {', '.join(LAYER_PATHS)}). "
         "Pass layers_path='<dotted.path.to.ModuleList>' (--layers-path on the CLI)."
     )
 

@@ -63,7 +63,7 @@ def general_text(
     replies = generate_replies(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=f"general text ({split})"
     )
-    rows = [{"prompt": p, "response": r or None} for p, r in zip(prompts, replies)]
+    rows = [{"prompt": p, "response": r or None} for p, r in zip(prompts, replies, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
     write_jsonl(tmp, rows)

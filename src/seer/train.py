@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 
 from seer.calibration import calibrate
 from seer.config import TrainConfig
-from seer.data import load_concepts, read_jsonl, split_examples, write_jsonl
+from seer.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
 from seer.errors import SeerError
 from seer.formatting import warn_truncated
 from seer.layers import get_layers
@@ -60,8 +60,8 @@ def _lora_targets(model: torch.nn.Module, wanted: tuple[str, ...]) -> list[str]:
     found = [t for t in wanted if t in names]
     if not found:
         raise SeerError(
-            f"none of the LoRA target modules {list(wanted)} exist in this model; its linear layers "
-            f"are named {sorted(names)}: pass --target-modules with some of those"
+            f"none of the LoRA target modules {list(wanted)} exist in this model; its linear "
+            f"layers are named {sorted(names)}: pass --target-modules with some of those"
         )
     return found
 
@@ -77,6 +77,9 @@ def _prepare_data(config: TrainConfig, partial: Path, main: bool) -> tuple[list[
         config.response_column,
         max_per_concept=config.max_per_concept,
         seed=config.seed,
+        exclude_prompts=load_prompts(config.exclude_prompts_from)
+        if config.exclude_prompts_from
+        else (),
     )
     return split_examples(examples, config.test_fraction, config.seed)
 

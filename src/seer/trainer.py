@@ -275,8 +275,9 @@ class SeerTrainer(Trainer):
         for name, value in parts.items():
             if not torch.isfinite(value):
                 raise SeerError(
-                    f"the {name} loss is {value.item()} at step {self.state.global_step + 1}; training "
-                    "stopped. Lower --learning-rate or check the data; the last checkpoint is kept."
+                    f"the {name} loss is {value.item()} at step {self.state.global_step + 1}; "
+                    "training stopped. Lower --learning-rate or check the data; the last "
+                    "checkpoint is kept."
                 )
             self._metrics[name].append(value.item())
         same, diff = losses.concept_cosines(torch.cat([z1, z2]), torch.cat([labels, labels]))
