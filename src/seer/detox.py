@@ -103,9 +103,10 @@ def detox_eval(
             unsafe_concept,
             threshold=threshold,
             mode=monitor,
-            towards=safe_concept,
+            towards=safe_concept if monitor == "steer" else None,
             scale=steer_scale,
         )
+        explainer.check_monitor(mon)  # before any generation
     variants = ([("base", False, None)] if not skip_base else []) + [
         (f"seer-{monitor}" if mon else "seer", True, mon)
     ]

@@ -226,7 +226,9 @@ class Explainer:
             handle.remove()
 
     # --- generation ------------------------------------------------------------------------
-    def _check_monitor(self, monitor: Monitor) -> None:
+    def check_monitor(self, monitor: Monitor) -> None:
+        """Raise :class:`SeerError` unless ``monitor`` fits this run (its concepts exist, a
+        given vector has the target layer's size)."""
         for name in (monitor.concept, monitor.towards):
             if name is not None and name not in self.concepts:
                 raise SeerError(f"monitor concept {name!r} is not in this run: {self.concepts}")
@@ -292,7 +294,7 @@ class Explainer:
         """
         _check_request(prompt, max_new_tokens)
         if monitor is not None:
-            self._check_monitor(monitor)
+            self.check_monitor(monitor)
         ids = prompt_ids(self.tokenizer, prompt)
         watch = _Watch()
         fired: list[int] = []
@@ -385,7 +387,7 @@ class Explainer:
         for prompt in prompts:
             _check_request(prompt, max_new_tokens)
         if monitor is not None:
-            self._check_monitor(monitor)
+            self.check_monitor(monitor)
         encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         replies: list[str] = [""] * len(prompts)
