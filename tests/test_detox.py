@@ -40,7 +40,7 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     argv += ["--monitor", "stop", "--unsafe-concept", "space", "--threshold", "1e-9"]
     assert cli_main(argv) == 0
     base = json.loads((run / "detox" / "base.json").read_text())
-    seer = json.loads((run / "detox" / "seer-stop.json").read_text())
+    seer = json.loads((run / "detox" / "seer-stop-1e-09.json").read_text())
     assert base["n_bt"] == 4 and base["n_xst"] == 3 and "retention" not in base
     # The monitor fires on every prompt, so every reply is the refusal: all safe, all refused.
     assert seer["fired_bt"] == seer["fired_xst"] == 1.0
@@ -48,7 +48,7 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     assert seer["retention"]["kl_nats_per_token"] >= 0
     # The judge drops the 5 BT prompts: 19 rows, of which ceil(0.2 * 19) = 4 are held out.
     assert json.loads((run / "detox" / "judge.json").read_text())["n_train"] == 15
-    lines = (run / "detox" / "seer-stop_replies.jsonl").read_text().splitlines()
+    lines = (run / "detox" / "seer-stop-1e-09_replies.jsonl").read_text().splitlines()
     replies = [json.loads(line) for line in lines]
     assert len(replies) == 7 and {r["set"] for r in replies} == {"BT", "XST"}
 

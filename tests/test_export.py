@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +52,24 @@ def test_explainer_on_export_matches_run(run_dir, exported, tokenizer):
         assert [r["concept"] for r in a.ranking] == [r["concept"] for r in b.ranking]
         for x, y in zip(a.ranking, b.ranking, strict=True):
             assert x["cosine"] == pytest.approx(y["cosine"], abs=1e-5)
+
+
+def readme_block(heading: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_hook_reads_the_explanation_of_an_export(exported):
+    code = readme_block("### Serving an exported model")
+    assert '"runs/bt-merged"' in code
+    scope: dict = {}
+    exec(code.replace('"runs/bt-merged"', repr(str(exported))), scope)  # noqa: S102
+    expected = Explainer.from_run(exported).score(scope["prompt"], scope["reply"])
+    assert scope["top"] == expected.top
+    by_concept = {r["concept"]: r["cosine"] for r in expected.ranking}
+    for concept, cos in zip(scope["meta"]["concepts"], scope["cos"].tolist(), strict=True):
+        assert cos == pytest.approx(by_concept[concept], abs=1e-5)
 
 
 def test_export_refuses_to_overwrite(run_dir, exported, tokenizer):

@@ -67,6 +67,15 @@ def _replies(
     return replies, sum(k is not None for k in fired)
 
 
+def _variant_name(monitor: Monitor | None) -> str:
+    """``seer``, ``seer-stop-0.9`` or ``seer-steer-0.5-x2``: files of different settings
+    do not overwrite each other."""
+    if monitor is None:
+        return "seer"
+    name = f"seer-{monitor.mode}-{monitor.threshold:g}"
+    return name + (f"-x{monitor.scale:g}" if monitor.mode == "steer" else "")
+
+
 def detox_eval(
     run_dir: str | Path,
     *,
@@ -108,7 +117,7 @@ def detox_eval(
         )
         explainer.check_monitor(mon)  # before any generation
     variants = ([("base", False, None)] if not skip_base else []) + [
-        (f"seer-{monitor}" if mon else "seer", True, mon)
+        (_variant_name(mon), True, mon)
     ]
     with explainer.model.disable_adapter():
         general = general_text(

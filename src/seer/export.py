@@ -3,8 +3,8 @@
 The folder loads with plain ``AutoModelForCausalLM.from_pretrained(out)`` (serve it with any
 stack), and carries the run's ``seer.json`` and ``prototypes.safetensors``, so
 ``Explainer.from_run(out)`` works on it too. A server's own hook reads the explanation like
-this (``positions == ["last"]``; for ``["last", "user_end"]`` concatenate the normalised
-states at both positions, in that order, and divide by ``sqrt(2)``)::
+this (``positions == ["last"]``; with two positions, concatenate the normalised states at
+both, in the order of ``meta["positions"]``, and divide by ``sqrt(2)``)::
 
     import json, torch, torch.nn.functional as F
     from safetensors.torch import load_file
