@@ -393,6 +393,8 @@ class Explainer:
         replies: list[str] = [""] * len(prompts)
         fired_at: list[int | None] = [None] * len(prompts)
         desc = progress if isinstance(progress, str) else "generating"
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
@@ -409,8 +411,6 @@ class Explainer:
                     stopping_criteria=[_StopRows(watch)] if watch.stops else [],
                 )
             new = out[:, batch["input_ids"].shape[1] :]
-            eos = self.model.generation_config.eos_token_id
-            eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
             for row, (i, tokens) in enumerate(zip(idx, new.tolist(), strict=True)):
                 # Pass k reads generated token k - 1; passes after the row's end read padding.
                 ended = next((k for k, t in enumerate(tokens) if t in eos), len(tokens) - 1)
