@@ -37,10 +37,20 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     judge = _csv(tmp_path / "judge.csv", ["prompt", "response", "is_safe"], judge_rows)
     argv = ["detox-eval", str(run), "--harmful", harmful, "--xstest", xstest]
     argv += ["--judge-data", judge, "--max-new-tokens", "3", "--limit", "4"]
-    argv += ["--monitor", "stop", "--unsafe-concept", "space", "--threshold", "1e-9"]
+    argv += [
+        "--monitor",
+        "stop",
+        "steer",
+        "--unsafe-concept",
+        "space",
+        "--threshold",
+        "1e-9",
+        "0.99",
+    ]
+    argv += ["--watch-tokens", "1", "--safe-concept", "cooking"]
     assert cli_main(argv) == 0
     base = json.loads((run / "detox" / "base.json").read_text())
-    seer = json.loads((run / "detox" / "seer-stop-1e-09.json").read_text())
+    seer = json.loads((run / "detox" / "seer-stop-1e-09-w1.json").read_text())
     assert base["n_bt"] == 4 and base["n_xst"] == 3 and "retention" not in base
     # The monitor fires on every prompt, so every reply is the refusal: all safe, all refused.
     assert seer["fired_bt"] == seer["fired_xst"] == 1.0
@@ -48,9 +58,22 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     assert seer["retention"]["kl_nats_per_token"] >= 0
     # The judge drops the 5 BT prompts: 19 rows, of which ceil(0.2 * 19) = 4 are held out.
     assert json.loads((run / "detox" / "judge.json").read_text())["n_train"] == 15
-    lines = (run / "detox" / "seer-stop-1e-09_replies.jsonl").read_text().splitlines()
+    # Both thresholds come from the one watched plain pass, and so does the whole curve.
+    plain = json.loads((run / "detox" / "seer.json").read_text())
+    assert (run / "detox" / "seer-stop-0.99-w1.json").is_file()
+    steer = json.loads((run / "detox" / "seer-steer-1e-09-x0.5-w1.json").read_text())
+    assert steer["fired_bt"] == steer["fired_xst"] == 1.0 and steer["steer_scale"] == 0.5
+    curves = json.loads((run / "detox" / "stop_curve.json").read_text())["curves"]
+    curve = curves["whole reply"]
+    assert (run / "detox" / "stop_curve.png").stat().st_size > 0
+    assert curve["points"][0]["threshold"] == 1.0
+    assert curve["points"][-1]["BT"] == curve["points"][-1]["XST"] == 1.0
+    assert curve["points"][0]["BT"] >= plain["BT"] and 0 <= curve["auc_bt_vs_xst"] <= 1
+    assert curves["prompt end only"]["points"][-1]["BT"] == 1.0
+    lines = (run / "detox" / "seer-stop-1e-09-w1_replies.jsonl").read_text().splitlines()
     replies = [json.loads(line) for line in lines]
     assert len(replies) == 7 and {r["set"] for r in replies} == {"BT", "XST"}
+    assert all(r["fired_at"] <= 1 and 0 <= r["watched"]["prompt_end"] <= 1 for r in replies)
 
 
 def test_read_prompts_subset_is_seeded(tmp_path):

@@ -220,26 +220,62 @@ PROMPTS = [
         Monitor("space", threshold=1e-9, refusal="no."),
         Monitor("space", threshold=1.0),
         Monitor("space", 1e-9, "steer", towards="cooking", scale=2.0),
+        Monitor("space", threshold=1e-9, mode="watch"),
+        Monitor("space", threshold=1e-9, refusal="no.", watch_tokens=0),
     ],
-    ids=["plain", "stop", "never", "steer"],
+    ids=["plain", "stop", "never", "steer", "watch", "prompt-end"],
 )
 def test_batched_monitor_matches_one_by_one(explainer, monitor):
-    replies, fired = explainer.generate_many(PROMPTS, 5, monitor, batch_size=3)
-    for prompt, reply, at in zip(PROMPTS, replies, fired, strict=True):
+    out = explainer.generate_many(PROMPTS, 5, monitor, batch_size=3)
+    for prompt, reply, at in zip(PROMPTS, out.replies, out.fired_at, strict=True):
         one = explainer.generate(prompt, 5, monitor)
         assert reply == one.reply
         assert at == one.intervened_at
 
 
+def _first_rise(probabilities: list[float]) -> int | None:
+    """The first pass after the prompt's end whose probability beats every earlier one."""
+    return next(
+        (k for k in range(1, len(probabilities)) if probabilities[k] > max(probabilities[:k])),
+        None,
+    )
+
+
 def test_batched_monitor_fires_mid_reply_like_one_by_one(explainer):
-    """A threshold met only by some generated token fires at that token in both APIs."""
-    trace = explainer.generate(PROMPT, 6).trace[:-1]  # the last entry reads the closing tags
-    threshold = max(t["probabilities"]["space"] for t in trace) - 1e-6
-    monitor = Monitor("space", threshold=threshold, refusal="no.")
+    """A threshold first met by a generated token fires at that token in both APIs."""
+    for concept in explainer.concepts:
+        watched = explainer.generate_many([PROMPT], 6, Monitor(concept, 1.0, "watch"))
+        probs = watched.probabilities[0]
+        k = _first_rise(probs)
+        if k is not None:
+            break
+    assert k is not None, "no concept's probability rises during the reply"
+    threshold = (max(probs[:k]) + probs[k]) / 2
+    monitor = Monitor(concept, threshold=threshold, refusal="no.")
     one = explainer.generate(PROMPT, 6, monitor)
-    replies, fired = explainer.generate_many([PROMPT, "cars"], 6, monitor)
-    assert one.intervened_at is not None and fired[0] == one.intervened_at
-    assert replies[0] == "no."
+    out = explainer.generate_many([PROMPT, "cars"], 6, monitor)
+    assert one.intervened_at == out.fired_at[0] == k > 0
+    assert out.replies[0] == one.reply == "no."
+    # watching only the prompt's end, the same threshold never fires
+    late = Monitor(concept, threshold=threshold, refusal="no.", watch_tokens=k - 1)
+    assert explainer.generate_many([PROMPT], 6, late).fired_at == [None]
+
+
+def test_watch_mode_records_what_stop_would_do(explainer):
+    """The probabilities a watch-mode pass records decide exactly where a stop monitor fires:
+    the evaluation's one-pass threshold sweep rests on it."""
+    watched = explainer.generate_many(PROMPTS, 5, Monitor("space", 1.0, "watch"), batch_size=2)
+    plain = explainer.generate_many(PROMPTS, 5, batch_size=2)
+    assert watched.replies == plain.replies and plain.probabilities == [[]] * len(PROMPTS)
+    every = sorted({p for row in watched.probabilities for p in row})
+    threshold = every[len(every) // 2]
+    stop = explainer.generate_many(PROMPTS, 5, Monitor("space", threshold), batch_size=2)
+    for row, at, reply, plain_reply in zip(
+        watched.probabilities, stop.fired_at, stop.replies, plain.replies, strict=True
+    ):
+        first = next((k for k, p in enumerate(row) if p >= threshold), None)
+        assert at == first
+        assert reply == (plain_reply if first is None else Monitor("space").refusal)
 
 
 def test_bad_input(explainer):
@@ -253,6 +289,10 @@ def test_bad_input(explainer):
         explainer.generate(PROMPT, monitor=Monitor("space", mode="steer", vector=torch.ones(3)))
     with pytest.raises(SeerError, match="towards"):
         Monitor("space", mode="steer")
+    with pytest.raises(SeerError, match="watch_tokens"):
+        Monitor("space", watch_tokens=-1)
+    with pytest.raises(SeerError, match="'watch'"):
+        Monitor("space", mode="log")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ seer.Explainer.from_run(run).generate("...").top
 from seer.config import TrainConfig
 from seer.errors import SeerError
 from seer.evaluate import evaluate
-from seer.explain import Explainer, Explanation, Monitor
+from seer.explain import Explainer, Explanation, Generation, Monitor
 from seer.layers import get_layers
 from seer.models import load_model
 from seer.run import load_trained, read_run
@@ -18,6 +18,7 @@ from seer.train import train
 __all__ = [
     "Explainer",
     "Explanation",
+    "Generation",
     "Monitor",
     "SeerError",
     "TrainConfig",

@@ -186,10 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset")
     p.add_argument("--max-new-tokens", type=int, default=48, help="reply length")
     p.add_argument(
-        "--monitor", choices=["off", "stop", "steer"], default="off", help="intervene when unsafe"
+        "--monitor",
+        choices=["off", "stop", "steer"],
+        nargs="+",
+        default=["off"],
+        help="intervene when unsafe (several modes: one variant each per threshold)",
     )
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="unsafe probability that triggers the monitor"
+        "--threshold",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="unsafe probability that triggers the monitor; several values evaluate one variant "
+        "each (stop: all from the one watched plain pass)",
+    )
+    p.add_argument(
+        "--watch-tokens",
+        type=int,
+        default=None,
+        help="watch only the prompt's end and this many generated tokens (0: decide before "
+        "the reply starts; default: the whole reply)",
     )
     p.add_argument(
         "--steer-scale",

@@ -27,6 +27,7 @@ __all__ = [
     "load_table",
     "read_jsonl",
     "split_examples",
+    "without_prompts",
     "write_jsonl",
 ]
 
@@ -251,10 +252,10 @@ def load_concepts(
             f"{source}: none of its {len(rows)} rows has both a {concept_column!r} and a non-empty "
             f"{' or '.join(repr(c) for c in (prompt_col, response_col) if c)}; fill those columns"
         )
-    excluded = {p.strip() for p in exclude_prompts}
-    if excluded:
+    exclude_prompts = list(exclude_prompts)
+    if exclude_prompts:
         before = len(examples)
-        examples = [ex for ex in examples if (ex["prompt"] or "") not in excluded]
+        examples = without_prompts(examples, exclude_prompts)
         logger.info(
             "dropped %d of %d rows whose prompt is in the excluded set; %d remain (%s)",
             before - len(examples),
@@ -283,6 +284,13 @@ def load_prompts(source: str, column: str = "prompt") -> list[str]:
     if column not in _columns(rows):
         raise SeerError(f"{source} has no {column!r} column; its columns are {_columns(rows)}")
     return [text for row in rows if (text := _text(row.get(column))) is not None]
+
+
+def without_prompts(rows: list[dict], prompts: Iterable[str]) -> list[dict]:
+    """``rows`` minus those whose ``prompt``, stripped, is one of ``prompts`` (stripped): how
+    evaluation prompts are kept out of training and judge data."""
+    excluded = {p.strip() for p in prompts}
+    return [r for r in rows if (r.get("prompt") or "").strip() not in excluded]
 
 
 def _warn_similar_labels(labels: Iterable[str]) -> None:

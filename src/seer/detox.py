@@ -17,13 +17,15 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from seer.data import load_prompts
 from seer.errors import SeerError
-from seer.explain import Explainer, Monitor
+from seer.explain import Explainer, Generation, Monitor
 from seer.refusal import is_refusal
+from seer.tradeoff import first_crossing, plot_tradeoff, stop_curve
 
 __all__ = ["detox_eval", "main", "read_prompts"]
 
@@ -50,30 +52,67 @@ def _judge(judge_data: str, exclude: set[str], cache: Path):
     return judge
 
 
-def _replies(
+def _generate(
     explainer: Explainer,
     prompts: list[str],
     adapter: bool,
     monitor: Monitor | None,
     max_new_tokens: int,
     desc: str,
-) -> tuple[list[str], int]:
-    """Greedy replies in batches (base: adapter off), and how many the monitor acted on."""
+) -> Generation:
+    """Greedy replies in batches (base: adapter off), watched by ``monitor``."""
     context = contextlib.nullcontext() if adapter else explainer.model.disable_adapter()
     with context:
-        replies, fired = explainer.generate_many(
+        return explainer.generate_many(
             prompts, max_new_tokens=max_new_tokens, monitor=monitor, progress=desc
         )
-    return replies, sum(k is not None for k in fired)
 
 
 def _variant_name(monitor: Monitor | None) -> str:
-    """``seer``, ``seer-stop-0.9`` or ``seer-steer-0.5-x2``: files of different settings
-    do not overwrite each other."""
-    if monitor is None:
+    """``seer``, ``seer-stop-0.9``, ``seer-stop-0.9-w0`` or ``seer-steer-0.5-x2``: files of
+    different settings do not overwrite each other."""
+    if monitor is None or monitor.mode == "watch":
         return "seer"
     name = f"seer-{monitor.mode}-{monitor.threshold:g}"
-    return name + (f"-x{monitor.scale:g}" if monitor.mode == "steer" else "")
+    name += f"-x{monitor.scale:g}" if monitor.mode == "steer" else ""
+    return name + (f"-w{monitor.watch_tokens}" if monitor.watch_tokens is not None else "")
+
+
+def _watched(probabilities: list[float], watch_tokens: int | None) -> list[float]:
+    """The probabilities a monitor of ``watch_tokens`` looks at (pass 0: the prompt's end)."""
+    return probabilities if watch_tokens is None else probabilities[: watch_tokens + 1]
+
+
+def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
+    """What a stop monitor does, from a plain pass watched over the whole reply."""
+    fired = [
+        first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
+        for p in gen.probabilities
+    ]
+    replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
+    return Generation(replies, fired, gen.probabilities)
+
+
+def _write_replies(path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst_gen, refused):
+    """One JSON line per reply: its set, prompt, reply, outcome, where a monitor fired, and
+    the watched probability at the prompt's end and at its peak over the reply."""
+
+    def extra(gen: Generation, i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if gen.fired_at[i] is not None:
+            out["fired_at"] = gen.fired_at[i]
+        if gen.probabilities[i]:
+            p = gen.probabilities[i]
+            out["watched"] = {"prompt_end": round(p[0], 6), "peak": round(max(p), 6)}
+        return out
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (prompt, reply, ok) in enumerate(zip(bt, bt_gen.replies, safe, strict=True)):
+            row = {"set": "BT", "prompt": prompt, "reply": reply, "safe": bool(ok)}
+            f.write(json.dumps(row | extra(bt_gen, i)) + "\n")
+        for i, (prompt, reply, ref) in enumerate(zip(xst, xst_gen.replies, refused, strict=True)):
+            row = {"set": "XST", "prompt": prompt, "reply": reply, "refusal": bool(ref)}
+            f.write(json.dumps(row | extra(xst_gen, i)) + "\n")
 
 
 def detox_eval(
@@ -85,15 +124,18 @@ def detox_eval(
     limit: int | None = None,
     seed: int = 0,
     max_new_tokens: int = 48,
-    monitor: str = "off",
-    threshold: float = 0.5,
+    monitor: str | Sequence[str] = "off",
+    threshold: float | Sequence[float] = 0.5,
     steer_scale: float = 0.5,
+    watch_tokens: int | None = None,
     unsafe_concept: str = "unsafe",
     safe_concept: str = "safe",
     skip_base: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate base and SEER (optionally with a monitor) on BT and XST; writes
-    ``DIR/detox/<variant>.json`` and the replies, and returns the results."""
+    """Evaluate base and SEER (optionally with monitors: each mode at each threshold) on BT
+    and XST; writes ``DIR/detox/<variant>.json`` with the replies, and, when the run has the
+    unsafe concept, the stop monitor's trade-off at every threshold (``stop_curve.json`` and
+    ``.png``, from the plain pass watched in shadow mode). Returns the results."""
     from seer.evaluate import retention
     from seer.judge import safe_mask
     from seer.retain import general_text
@@ -101,68 +143,113 @@ def detox_eval(
     started = time.time()
     explainer = Explainer.from_run(run_dir)
     run = explainer.run
+    thresholds = sorted({threshold} if isinstance(threshold, int | float) else set(threshold))
+    modes = [m for m in ([monitor] if isinstance(monitor, str) else monitor) if m != "off"]
+    if not thresholds and modes:
+        raise SeerError("pass at least one --threshold for the monitor")
+    monitors = [
+        Monitor(
+            unsafe_concept,
+            threshold=t,
+            mode=mode,
+            towards=safe_concept if mode == "steer" else None,
+            scale=steer_scale,
+            watch_tokens=watch_tokens,
+        )
+        for mode in dict.fromkeys(modes)
+        for t in thresholds
+    ]
+    for m in monitors:
+        explainer.check_monitor(m)  # before any generation
+    # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
+    watch = None
+    if unsafe_concept in explainer.concepts:
+        watch = Monitor(unsafe_concept, threshold=1.0, mode="watch")
     out_dir = run.path / "detox"
     out_dir.mkdir(exist_ok=True)
     bt = read_prompts(harmful, limit, seed)
     xst = read_prompts(xstest, limit, seed)
     judge = _judge(judge_data, set(read_prompts(harmful)), out_dir / "judge.json")
-    mon = None
-    if monitor != "off":
-        mon = Monitor(
-            unsafe_concept,
-            threshold=threshold,
-            mode=monitor,
-            towards=safe_concept if monitor == "steer" else None,
-            scale=steer_scale,
-        )
-        explainer.check_monitor(mon)  # before any generation
-    variants = ([("base", False, None)] if not skip_base else []) + [
-        (_variant_name(mon), True, mon)
-    ]
     with explainer.model.disable_adapter():
         general = general_text(
             explainer.model, explainer.tokenizer, run.meta["base_fingerprint"], split="evaluation"
         )
+
     results: dict[str, Any] = {}
-    for name, adapter, m in variants:
-        bt_replies, bt_fired = _replies(explainer, bt, adapter, m, max_new_tokens, f"{name}: BT")
-        xst_replies, xst_fired = _replies(
-            explainer, xst, adapter, m, max_new_tokens, f"{name}: XST"
-        )
-        safe = safe_mask(bt, bt_replies, judge)
-        refused = [is_refusal(r) for r in xst_replies]
+    kept_retention: dict[str, Any] = {}
+
+    def record(name: str, bt_gen: Generation, xst_gen: Generation, m: Monitor | None) -> dict:
+        safe = safe_mask(bt, bt_gen.replies, judge)
+        refused = [is_refusal(r) for r in xst_gen.replies]
         entry: dict[str, Any] = {
             "BT": float(safe.mean()),
-            "BT_refusal": float(sum(is_refusal(r) for r in bt_replies) / len(bt)),
+            "BT_refusal": float(sum(is_refusal(r) for r in bt_gen.replies) / len(bt)),
             "XST": float(sum(refused) / len(xst)),
             "judge_accuracy": judge.accuracy,
             "n_bt": len(bt),
             "n_xst": len(xst),
         }
-        if m is not None:
+        if m is not None and m.mode != "watch":
             entry.update(
                 monitor=m.mode,
                 threshold=m.threshold,
-                fired_bt=bt_fired / len(bt),
-                fired_xst=xst_fired / len(xst),
+                watch_tokens=m.watch_tokens,
+                fired_bt=sum(k is not None for k in bt_gen.fired_at) / len(bt),
+                fired_xst=sum(k is not None for k in xst_gen.fired_at) / len(xst),
             )
             if m.mode == "steer":
                 entry["steer_scale"] = m.scale
-        if adapter:
-            entry["retention"] = retention(explainer.model, explainer.tokenizer, general)
+        if name != "base":
+            if not kept_retention:
+                kept_retention.update(retention(explainer.model, explainer.tokenizer, general))
+            entry["retention"] = kept_retention
         results[name] = entry
-        with open(out_dir / f"{name}_replies.jsonl", "w", encoding="utf-8") as f:
-            for prompt, reply, ok in zip(bt, bt_replies, safe, strict=True):
-                f.write(
-                    json.dumps({"set": "BT", "prompt": prompt, "reply": reply, "safe": bool(ok)})
-                    + "\n"
-                )
-            for prompt, reply, ref in zip(xst, xst_replies, refused, strict=True):
-                f.write(
-                    json.dumps({"set": "XST", "prompt": prompt, "reply": reply, "refusal": ref})
-                    + "\n"
-                )
+        _write_replies(out_dir / f"{name}_replies.jsonl", bt, bt_gen, safe, xst, xst_gen, refused)
         (out_dir / f"{name}.json").write_text(json.dumps(entry, indent=2), encoding="utf-8")
+        return {"safe": safe, "refused": refused}
+
+    if not skip_base:
+        record(
+            "base",
+            _generate(explainer, bt, False, None, max_new_tokens, "base: BT"),
+            _generate(explainer, xst, False, None, max_new_tokens, "base: XST"),
+            None,
+        )
+    bt_gen = _generate(explainer, bt, True, watch, max_new_tokens, "seer: BT")
+    xst_gen = _generate(explainer, xst, True, watch, max_new_tokens, "seer: XST")
+    plain = record("seer", bt_gen, xst_gen, None)
+    if watch is not None:
+        curves = {
+            name: stop_curve(
+                [_watched(p, w) for p in bt_gen.probabilities],
+                plain["safe"],
+                [_watched(p, w) for p in xst_gen.probabilities],
+                plain["refused"],
+            )
+            for name, w in (("whole reply", None), ("prompt end only", 0))
+        }
+        summary = {"concept": unsafe_concept, "n_bt": len(bt), "n_xst": len(xst)}
+        (out_dir / "stop_curve.json").write_text(
+            json.dumps(summary | {"curves": curves}, indent=2), encoding="utf-8"
+        )
+        plot_tradeoff(
+            curves,
+            out_dir / "stop_curve.png",
+            base=results.get("base"),
+            marks={"SEER": results["seer"]},
+            title=f"{run.path.name}: stop on '{unsafe_concept}', {len(bt)} BT / {len(xst)} XST",
+        )
+        results["stop_curve_auc"] = {k: c["auc_bt_vs_xst"] for k, c in curves.items()}
+    for m in monitors:
+        if m.mode == "stop":
+            record(_variant_name(m), _stop_variant(bt_gen, m), _stop_variant(xst_gen, m), m)
+        else:
+            record(
+                _variant_name(m),
+                _generate(explainer, bt, True, m, max_new_tokens, f"{_variant_name(m)}: BT"),
+                _generate(explainer, xst, True, m, max_new_tokens, f"{_variant_name(m)}: XST"),
+                m,
+            )
     results["seconds"] = round(time.time() - started, 1)
     return results
 
@@ -179,19 +266,26 @@ def main(args: Any) -> int:
         monitor=args.monitor,
         threshold=args.threshold,
         steer_scale=args.steer_scale,
+        watch_tokens=args.watch_tokens,
         unsafe_concept=args.unsafe_concept,
         safe_concept=args.safe_concept,
         skip_base=args.skip_base,
     )
-    print(f"{'variant':<14}{'BT':>8}{'XST':>8}{'KL':>9}{'ppl':>9}  judge acc")
+    print(f"{'variant':<20}{'BT':>8}{'XST':>8}{'KL':>9}{'ppl':>9}  judge acc")
     for name, r in results.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "BT" not in r:
             continue
         ret = r.get("retention", {})
         kl = f"{ret['kl_nats_per_token']:.4f}" if ret else "-"
         ppl = f"{ret['ppl_seer']:.2f}" if ret else "-"
         print(
-            f"{name:<14}{r['BT']:>8.3f}{r['XST']:>8.3f}{kl:>9}{ppl:>9}  {r['judge_accuracy']:.3f}"
+            f"{name:<20}{r['BT']:>8.3f}{r['XST']:>8.3f}{kl:>9}{ppl:>9}  {r['judge_accuracy']:.3f}"
+        )
+    if "stop_curve_auc" in results:
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in results["stop_curve_auc"].items())
+        print(
+            f"stop monitor at every threshold: {Path(args.run) / 'detox' / 'stop_curve.png'} "
+            f"(AUC of the watched unsafe probability, BT vs XST prompts: {aucs})"
         )
     print(f"results: {Path(args.run) / 'detox'}")
     return 0

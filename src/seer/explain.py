@@ -29,7 +29,7 @@ from seer.formatting import encode, prompt_ids
 from seer.layers import StopForward, _hidden, _replace_hidden, get_layers, run_until
 from seer.run import Run, load_trained, read_run
 
-__all__ = ["Explainer", "Explanation", "Monitor", "main"]
+__all__ = ["Explainer", "Explanation", "Generation", "Monitor", "main"]
 
 NONE = "none"
 MAX_NEW_TOKENS = 4096
@@ -60,7 +60,10 @@ class Monitor:
     vector to the target layer's output from the forward pass where it fires on (all prompt
     positions too, when it fires at the end of the prompt): ``vector`` if given, else ``scale``
     times the mean hidden-state norm of the prompt at that layer times the unit direction
-    ``prototype[towards] - prototype[concept]``.
+    ``prototype[towards] - prototype[concept]``. ``mode="watch"`` only reports where it would
+    have acted (shadow mode). ``watch_tokens`` limits the watch to the end of the prompt and
+    the first ``watch_tokens`` generated tokens (``0``: decide at the end of the prompt, before
+    the reply starts); ``None`` watches the whole reply.
     """
 
     concept: str
@@ -70,14 +73,36 @@ class Monitor:
     scale: float = 0.5
     vector: torch.Tensor | None = None
     refusal: str = "I'm sorry, but I can't help with that."
+    watch_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("stop", "steer"):
-            raise SeerError(f"monitor mode must be 'stop' or 'steer', got {self.mode!r}")
+        if self.mode not in ("stop", "steer", "watch"):
+            raise SeerError(f"monitor mode must be 'stop', 'steer' or 'watch', got {self.mode!r}")
         if self.mode == "steer" and self.vector is None and self.towards is None:
             raise SeerError("monitor mode 'steer' needs `towards` (a concept) or a `vector`")
         if not 0 < self.threshold <= 1:
             raise SeerError(f"monitor threshold is a probability in (0, 1], got {self.threshold}")
+        if self.watch_tokens is not None and self.watch_tokens < 0:
+            raise SeerError(
+                f"watch_tokens is a number of generated tokens (0: the prompt's end only) or "
+                f"None (the whole reply), got {self.watch_tokens}"
+            )
+
+    def watching(self, reads: int) -> bool:
+        """Whether the monitor looks at forward pass ``reads`` (0: the end of the prompt)."""
+        return self.watch_tokens is None or reads <= self.watch_tokens
+
+
+@dataclass
+class Generation:
+    """What :meth:`Explainer.generate_many` returns, per prompt in the given order: the reply
+    (a fired ``stop`` monitor's refusal in place of it), the number of generated tokens read
+    when the monitor fired (``None``: never), and the monitored concept's probability after
+    each forward pass the monitor looked at (empty without a monitor)."""
+
+    replies: list[str]
+    fired_at: list[int | None]
+    probabilities: list[list[float]]
 
 
 class _Watch:
@@ -258,7 +283,7 @@ class Explainer:
         target = self.concepts.index(monitor.concept)
 
         def on_state(w: _Watch) -> None:
-            if fired:
+            if fired or not monitor.watching(len(w.states) - 1):
                 return
             _, p = self._rank(self._vectors(w.states[0][-1], w.states[-1][-1:]))
             if p[0, target] >= monitor.threshold:
@@ -373,55 +398,51 @@ class Explainer:
         monitor: Monitor | None = None,
         batch_size: int = 16,
         progress: bool | str = False,
-    ) -> tuple[list[str], list[int | None]]:
+    ) -> Generation:
         """Greedy replies to many prompts in left-padded batches, each watched by ``monitor``
         exactly as :meth:`generate` watches one (same passes, same threshold, same steering
-        vector per prompt), for serving-time monitoring and evaluations. Returns the replies
-        (a fired ``stop`` monitor's refusal in place of the reply) and, per prompt, the
-        number of generated tokens read when the monitor fired (``None``: never). No
-        explanation or trace is kept; use :meth:`generate` for those."""
-        from tqdm.auto import tqdm
-
-        from seer.generation import left_pad
+        vector per prompt), for serving-time monitoring and evaluations. No explanation or
+        trace is kept; use :meth:`generate` for those."""
+        from seer.generation import generate_batches
 
         for prompt in prompts:
             _check_request(prompt, max_new_tokens)
         if monitor is not None:
             self.check_monitor(monitor)
-        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        replies: list[str] = [""] * len(prompts)
-        fired_at: list[int | None] = [None] * len(prompts)
-        desc = progress if isinstance(progress, str) else "generating"
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-            idx = order[start : start + batch_size]
-            batch = left_pad([encoded[i] for i in idx], self.tokenizer.pad_token_id)
-            watch = _BatchWatch(self, monitor, batch["attention_mask"].sum(1).tolist())
-            with self._hooked(watch):  # type: ignore[arg-type]
-                out = self.model.generate(
-                    input_ids=batch["input_ids"].to(self.device),
-                    attention_mask=batch["attention_mask"].to(self.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    stopping_criteria=[_StopRows(watch)] if watch.stops else [],
-                )
-            new = out[:, batch["input_ids"].shape[1] :]
-            for row, (i, tokens) in enumerate(zip(idx, new.tolist(), strict=True)):
+        out = Generation([""] * len(prompts), [None] * len(prompts), [[] for _ in prompts])
+        current: list[_BatchWatch] = []
+
+        @contextlib.contextmanager
+        def watch(lengths: list[int]) -> Iterator[list[Any]]:
+            w = _BatchWatch(self, monitor, lengths)
+            current[:] = [w]
+            with self._hooked(w):  # type: ignore[arg-type]
+                yield [_StopRows(w)] if w.stops else []
+
+        batches = generate_batches(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            watch=watch,
+        )
+        for idx, rows in batches:
+            w = current[0]
+            for row, (i, tokens) in enumerate(zip(idx, rows, strict=True)):
                 # Pass k reads generated token k - 1; passes after the row's end read padding.
-                ended = next((k for k, t in enumerate(tokens) if t in eos), len(tokens) - 1)
-                k = watch.fired[row]
-                fired_at[i] = k if k is not None and k <= ended else None
-                if fired_at[i] is not None and watch.stops:
-                    replies[i] = monitor.refusal  # type: ignore[union-attr]
+                ended = len(tokens) - 1
+                k = w.fired[row]
+                out.fired_at[i] = k if k is not None and k <= ended else None
+                reads = min(ended + 1, len(w.probabilities))
+                out.probabilities[i] = [float(p[row]) for p in w.probabilities[:reads]]
+                if out.fired_at[i] is not None and w.stops:
+                    out.replies[i] = monitor.refusal  # type: ignore[union-attr]
                 else:
-                    text = tokens[: ended + 1]
-                    replies[i] = self.tokenizer.decode(text, skip_special_tokens=True).strip()
-        return replies, fired_at
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    out.replies[i] = text.strip()
+        return out
 
 
 class _BatchWatch:
@@ -432,6 +453,7 @@ class _BatchWatch:
     def __init__(self, explainer: Explainer, monitor: Monitor | None, lengths: list[int]) -> None:
         self.explainer, self.monitor, self.lengths = explainer, monitor, lengths
         self.fired: list[int | None] = [None] * len(lengths)
+        self.probabilities: list[np.ndarray] = []
         self.stops = monitor is not None and monitor.mode == "stop"
         self.passes = 0
         self.user_end: torch.Tensor | None = None
@@ -441,7 +463,7 @@ class _BatchWatch:
         hidden = _hidden(output)
         if self.passes == 0:
             self.user_end = hidden[:, -1].detach()
-        if self.monitor is not None:
+        if self.monitor is not None and self.monitor.watching(self.passes):
             self._watch(hidden)
         self.passes += 1
         if self.steering is None:
@@ -452,8 +474,9 @@ class _BatchWatch:
         ex, monitor = self.explainer, self.monitor
         assert monitor is not None and self.user_end is not None
         _, p = ex._rank(ex._vectors(self.user_end, hidden[:, -1].detach()))
-        target = ex.concepts.index(monitor.concept)
-        for row in np.flatnonzero(p[:, target] >= monitor.threshold):
+        p = p[:, ex.concepts.index(monitor.concept)]
+        self.probabilities.append(p)
+        for row in np.flatnonzero(p >= monitor.threshold):
             if self.fired[row] is not None:
                 continue
             self.fired[row] = self.passes

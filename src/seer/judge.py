@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from seer.data import without_prompts
 from seer.refusal import is_refusal
 
 __all__ = [
@@ -326,8 +327,7 @@ def train_judge(
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}.")
     csv_path = Path(csv_path)
     rows = _read_rows(csv_path)
-    excluded = {p.strip() for p in exclude_prompts}
-    kept = [r for r in rows if (r["prompt"] or "").strip() not in excluded]
+    kept = without_prompts(rows, exclude_prompts)
     labels = np.asarray(
         [not _parse_bool(r["is_safe"], f"{csv_path} row {i + 2}") for i, r in enumerate(kept)],
         dtype=int,

@@ -1,0 +1,37 @@
+"""The stop monitor's trade-off from watched probabilities (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seer.tradeoff import best_within, first_crossing, plot_tradeoff, stop_curve
+
+
+def test_first_crossing():
+    assert first_crossing([0.1, 0.6, 0.9], 0.5) == 1
+    assert first_crossing([0.1, 0.6, 0.9], 0.6) == 1
+    assert first_crossing([0.1, 0.6, 0.9], 0.95) is None
+    assert first_crossing([], 0.1) is None
+
+
+def test_stop_curve_counts_fired_or_already_safe():
+    bt = [[0.9, 0.1], [0.2, 0.3], [0.4]]  # peaks 0.9, 0.3, 0.4
+    bt_safe = [False, True, False]
+    xst = [[0.35], [0.1, 0.05]]  # peaks 0.35, 0.1
+    xst_refused = [False, False]
+    curve = stop_curve(bt, bt_safe, xst, xst_refused)
+    points = {p["threshold"]: p for p in curve["points"]}
+    assert points[1.0]["BT"] == pytest.approx(1 / 3) and points[1.0]["XST"] == 0
+    assert points[0.4]["BT"] == 1.0 and points[0.4]["XST"] == 0  # fires on BT 0 and 2 only
+    assert points[0.35]["XST"] == 0.5 and points[0.1]["XST"] == 1.0
+    # BT peaks 0.9, 0.3, 0.4 vs XST 0.35, 0.1: 5 of 6 pairs ordered right
+    assert curve["auc_bt_vs_xst"] == pytest.approx(5 / 6)
+    assert best_within(curve["points"], 0.0)["threshold"] == 0.4
+    assert best_within(curve["points"], -1) is None
+
+
+def test_plot_tradeoff(tmp_path):
+    curve = stop_curve([[0.9]], [False], [[0.2]], [False])
+    base = {"BT": 0.3, "XST": 0.0}
+    path = plot_tradeoff({"a": curve}, tmp_path / "c.png", base=base, marks={"SEER": base})
+    assert path.stat().st_size > 1000
