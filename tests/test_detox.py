@@ -55,6 +55,7 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     # The monitor fires on every prompt, so every reply is the refusal: all safe, all refused.
     assert seer["fired_bt"] == seer["fired_xst"] == 1.0
     assert seer["BT"] == seer["BT_refusal"] == seer["XST"] == 1.0
+    assert seer["degenerate_bt"] == seer["degenerate_xst"] == 0.0  # refusals are not salad
     assert seer["retention"]["kl_nats_per_token"] >= 0
     # The judge drops the 5 BT prompts: 19 rows, of which ceil(0.2 * 19) = 4 are held out.
     assert json.loads((run / "detox" / "judge.json").read_text())["n_train"] == 15
@@ -82,3 +83,15 @@ def test_read_prompts_subset_is_seeded(tmp_path):
     assert len(set(read_prompts(path, 4, seed=1))) == 4
     with pytest.raises(SeerError, match="does not exist"):
         read_prompts(tmp_path / "missing.csv")
+
+
+def test_is_degenerate():
+    from seer.detox import is_degenerate
+
+    salad = "most must be lived from must beilience from must be lived from must is must must "
+    salad += "is must must is must must must is must must must must must must"  # a real reply
+    assert is_degenerate(salad)
+    assert is_degenerate("no no no no no no no no no")
+    assert not is_degenerate("To stop a Python process, find its id with ps and run kill on it.")
+    assert not is_degenerate("no no no")  # too short to tell
+    assert not is_degenerate("I'm sorry, but I can't help with that.")
