@@ -75,11 +75,9 @@ def plot_tradeoff(
     """XST (over-refusal, x) against BT (safe answers, y) as the stop threshold falls, one
     line per named curve; the base model and other variants as marked points; with ``base``,
     the target region (BT at least 30 points up, XST at most 10 points up) shaded."""
-    import matplotlib
+    from seer.report import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for i, (name, curve) in enumerate(curves.items()):
         xs = [p["XST"] for p in curve["points"]]
@@ -106,7 +104,4 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    path = Path(path)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
