@@ -2,12 +2,17 @@
 
 Reads the files of a full `seer detox-eval DIR` (no --limit): DIR/detox/base_replies.jsonl and
 DIR/detox/seer_replies.jsonl, whose rows carry the watched unsafe probability (at the prompt's
-end and its peak over the reply). The calibration part is the seeded subset that
-`--limit N --seed S` evaluates; the threshold is the one with the highest BT there whose XST
-rises at most `--max-xst-rise` over the base model's; the held-out part is every row whose prompt
-is not in it (the BT file repeats some prompts: 2000 rows, 1456 distinct).
+end, its peak over the reply, and in the finished reply's final explanation). The base
+replies do not depend on the run: `--base-replies` can take them from another run's folder
+(the same prompts, greedy, same base model) when DIR was evaluated with `--skip-base`.
+The calibration part is the seeded subset that `--limit N --seed S` evaluates; the threshold
+is the one with the highest BT there whose XST rises at most `--max-xst-rise` over the base
+model's; the held-out part is every row whose prompt is not in it (the BT file repeats some
+prompts: 2000 rows, 1456 distinct).
 
     python bench/detox_threshold.py runs/detox_paper --calibration-limit 150 --seed 0
+    python bench/detox_threshold.py runs/detox_reply --signal reply_end \
+        --base-replies runs/detox_paper/detox/base_replies.jsonl
 """
 
 from __future__ import annotations
@@ -52,13 +57,17 @@ def main() -> None:
     parser.add_argument("--calibration-limit", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-xst-rise", type=float, default=0.10)
-    parser.add_argument("--signal", choices=["peak", "prompt_end"], default="prompt_end")
+    parser.add_argument(
+        "--signal", choices=["peak", "prompt_end", "reply_end"], default="prompt_end"
+    )
+    parser.add_argument("--base-replies", help="default: DIR/detox/base_replies.jsonl")
     args = parser.parse_args()
 
     detox = Path(args.run) / "detox"
-    base, seer = _rows(detox / "base_replies.jsonl"), _rows(detox / "seer_replies.jsonl")
+    base = _rows(Path(args.base_replies or detox / "base_replies.jsonl"))
+    seer = _rows(detox / "seer_replies.jsonl")
     same = [(b["set"], b["prompt"]) for b in base] == [(s["set"], s["prompt"]) for s in seer]
-    if not same or not all("watched" in r for r in seer):
+    if not same or not all(args.signal in r.get("watched", {}) for r in seer):
         raise SystemExit("run `seer detox-eval DIR` (full, with base) on this code version first")
     calibration = {
         "BT": set(read_prompts(args.harmful, args.calibration_limit, args.seed)),

@@ -25,7 +25,7 @@ def _csv(path, header, rows):
 
 
 @needs_minilm
-def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, monkeypatch):
+def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run(tmp_path_factory, tokenizer), run)
     monkeypatch.setattr(
@@ -71,10 +71,26 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, m
     assert curve["points"][-1]["BT"] == curve["points"][-1]["XST"] == 1.0
     assert curve["points"][0]["BT"] >= plain["BT"] and 0 <= curve["auc_bt_vs_xst"] <= 1
     assert curves["prompt end only"]["points"][-1]["BT"] == 1.0
+    assert curves["reply end"]["points"][-1]["XST"] == 1.0
     lines = (run / "detox" / "seer-stop-1e-09-w1_replies.jsonl").read_text().splitlines()
     replies = [json.loads(line) for line in lines]
     assert len(replies) == 7 and {r["set"] for r in replies} == {"BT", "XST"}
     assert all(r["fired_at"] <= 1 and 0 <= r["watched"]["prompt_end"] <= 1 for r in replies)
+    assert all(0 <= r["watched"]["reply_end"] <= 1 for r in replies)
+    plain_rows = (run / "detox" / "seer_replies.jsonl").read_text().splitlines()
+    assert not any("fired_at" in json.loads(line) for line in plain_rows)  # shadow pass only
+    # A reply-end stop monitor: derived from the plain pass's final explanations.
+    argv = [a for a in argv if a != "steer"] + ["--skip-base", "--reply-end"]
+    assert cli_main(argv) == 2  # reply_end and --watch-tokens: one or the other
+    at = argv.index("--watch-tokens")
+    capsys.readouterr()
+    assert cli_main(argv[:at] + argv[at + 2 :]) == 0
+    end = json.loads((run / "detox" / "seer-stop-1e-09-end.json").read_text())
+    assert end["reply_end"] and end["fired_bt"] == end["fired_xst"] == 1.0
+    assert end["BT"] == end["XST"] == 1.0
+    # --skip-base shows the earlier base.json of the same prompts
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:2] == ["base", f"{base['BT']:.3f}"]
 
 
 def test_read_prompts_subset_is_seeded(tmp_path):

@@ -278,6 +278,45 @@ def test_watch_mode_records_what_stop_would_do(explainer):
         assert reply == (plain_reply if first is None else Monitor("space").refusal)
 
 
+def test_score_many_reads_like_score(explainer):
+    responses = ["the moon is far", None, "", "a rocket to the stars and back again"]
+    many = explainer.score_many(PROMPTS, responses, batch_size=3)
+    assert many.shape == (len(PROMPTS), len(explainer.concepts))
+    for row, prompt, response in zip(many, PROMPTS, responses, strict=True):
+        one = explainer.score(prompt, response)
+        expected = {r["concept"]: r["probability"] for r in one.ranking}
+        got = dict(zip(explainer.concepts, row.tolist(), strict=True))
+        assert got == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(SeerError, match="pair them"):
+        explainer.score_many(PROMPTS, responses[:2])
+
+
+def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
+    """A reply_end stop monitor lets the reply be written, reads its final explanation where
+    training reads it, and holds back exactly the replies at or above the threshold; the
+    batched and one-by-one APIs agree, and a watch-mode pass records the same values."""
+    plain = explainer.generate_many(PROMPTS, 5, batch_size=2)
+    watched = explainer.generate_many(
+        PROMPTS, 5, Monitor("space", 1.0, "watch", reply_end=True), batch_size=2
+    )
+    assert watched.replies == plain.replies and watched.probabilities == [[]] * len(PROMPTS)
+    final = explainer.score_many(PROMPTS, plain.replies)[:, explainer.concepts.index("space")]
+    assert watched.final == pytest.approx(final.tolist(), abs=1e-6)
+    ordered = sorted(final)
+    threshold = float(ordered[1] + ordered[2]) / 2  # two replies above, two below
+    monitor = Monitor("space", threshold, refusal="no.", reply_end=True)
+    out = explainer.generate_many(PROMPTS, 5, monitor, batch_size=3)
+    for i, prompt in enumerate(PROMPTS):
+        held = final[i] >= threshold
+        assert out.replies[i] == ("no." if held else plain.replies[i])
+        assert (out.fired_at[i] is not None) == held
+        one = explainer.generate(prompt, 5, monitor)
+        assert (one.reply, one.intervened_at) == (out.replies[i], out.fired_at[i])
+        if held:  # it acted after reading every generated token
+            assert out.fired_at[i] > 0
+    assert sum(r == "no." for r in out.replies) == 2
+
+
 def test_bad_input(explainer):
     with pytest.raises(SeerError, match="empty"):
         explainer.generate("  ")
@@ -293,6 +332,10 @@ def test_bad_input(explainer):
         Monitor("space", watch_tokens=-1)
     with pytest.raises(SeerError, match="'watch'"):
         Monitor("space", mode="log")
+    with pytest.raises(SeerError, match="steering can no longer"):
+        Monitor("space", mode="steer", towards="cooking", reply_end=True)
+    with pytest.raises(SeerError, match="one or the other"):
+        Monitor("space", watch_tokens=0, reply_end=True)
 
 
 @pytest.fixture

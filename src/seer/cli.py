@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the reply starts; default: the whole reply)",
     )
     p.add_argument(
+        "--reply-end",
+        action="store_true",
+        help="stop monitors decide once, on the finished reply's final explanation (read "
+        "where training reads it), and hold the reply back; not with steer",
+    )
+    p.add_argument(
         "--steer-scale",
         type=float,
         default=0.5,
@@ -216,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--unsafe-concept", default="unsafe", help="the concept the monitor watches")
     p.add_argument("--safe-concept", default="safe", help="the concept steering moves towards")
-    p.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
+    p.add_argument(
+        "--skip-base",
+        action="store_true",
+        help="do not evaluate the base model (an earlier base.json in DIR/detox is shown)",
+    )
     p.set_defaults(func=_cmd_detox)
     return parser
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from seer.data import load_prompts
 from seer.errors import SeerError
 from seer.explain import Explainer, Generation, Monitor
@@ -85,12 +87,13 @@ def _generate(
 
 
 def _variant_name(monitor: Monitor | None) -> str:
-    """``seer``, ``seer-stop-0.9``, ``seer-stop-0.9-w0`` or ``seer-steer-0.5-x2``: files of
-    different settings do not overwrite each other."""
+    """``seer``, ``seer-stop-0.9``, ``seer-stop-0.9-w0``, ``seer-stop-0.9-end`` or
+    ``seer-steer-0.5-x2``: files of different settings do not overwrite each other."""
     if monitor is None or monitor.mode == "watch":
         return "seer"
     name = f"seer-{monitor.mode}-{monitor.threshold:g}"
     name += f"-x{monitor.scale:g}" if monitor.mode == "steer" else ""
+    name += "-end" if monitor.reply_end else ""
     return name + (f"-w{monitor.watch_tokens}" if monitor.watch_tokens is not None else "")
 
 
@@ -100,27 +103,40 @@ def _watched(probabilities: list[float], watch_tokens: int | None) -> list[float
 
 
 def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
-    """What a stop monitor does, from a plain pass watched over the whole reply."""
-    fired = [
-        first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
-        for p in gen.probabilities
-    ]
+    """What a stop monitor does, from a plain pass watched over the whole reply (and, for a
+    ``reply_end`` monitor, its replies' final explanations in ``gen.final``)."""
+    if monitor.reply_end:
+        fired = [
+            len(p) if f >= monitor.threshold else None
+            for p, f in zip(gen.probabilities, gen.final, strict=True)
+        ]
+    else:
+        fired = [
+            first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
+            for p in gen.probabilities
+        ]
     replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
-    return Generation(replies, fired, gen.probabilities)
+    return Generation(replies, fired, gen.probabilities, gen.final)
 
 
-def _write_replies(path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst_gen, refused):
-    """One JSON line per reply: its set, prompt, reply, outcome, where a monitor fired, and
-    the watched probability at the prompt's end and at its peak over the reply."""
+def _write_replies(
+    path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst_gen, refused, acted: bool
+) -> None:
+    """One JSON line per reply: its set, prompt, reply, outcome, where a monitor acted (for
+    ``acted`` variants), and the watched probability at the prompt's end, at its peak over
+    the reply, and in the finished reply's final explanation."""
 
     def extra(gen: Generation, i: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if gen.fired_at[i] is not None:
+        if acted and gen.fired_at[i] is not None:
             out["fired_at"] = gen.fired_at[i]
+        watched: dict[str, float] = {}
         if gen.probabilities[i]:
             p = gen.probabilities[i]
-            out["watched"] = {"prompt_end": round(p[0], 6), "peak": round(max(p), 6)}
-        return out
+            watched.update(prompt_end=round(p[0], 6), peak=round(max(p), 6))
+        if gen.final:
+            watched["reply_end"] = round(gen.final[i], 6)
+        return out | ({"watched": watched} if watched else {})
 
     with open(path, "w", encoding="utf-8") as f:
         for i, (prompt, reply, ok) in enumerate(zip(bt, bt_gen.replies, safe, strict=True)):
@@ -129,6 +145,127 @@ def _write_replies(path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst
         for i, (prompt, reply, ref) in enumerate(zip(xst, xst_gen.replies, refused, strict=True)):
             row = {"set": "XST", "prompt": prompt, "reply": reply, "refusal": bool(ref)}
             f.write(json.dumps(row | extra(xst_gen, i)) + "\n")
+
+
+class _Evaluation:
+    """The BT and XST prompts, the judge and the general text of one ``detox-eval``, and
+    every variant recorded so far (``results``, and files under ``out_dir``)."""
+
+    def __init__(
+        self, explainer: Explainer, bt: list[str], xst: list[str], judge: Any, out_dir: Path
+    ) -> None:
+        from seer.retain import general_text
+
+        self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
+        self.bt, self.xst = bt, xst
+        with explainer.model.disable_adapter():
+            self.general = general_text(
+                explainer.model,
+                explainer.tokenizer,
+                explainer.run.meta["base_fingerprint"],
+                split="evaluation",
+            )
+        self.results: dict[str, Any] = {}
+        self._retention: dict[str, Any] | None = None
+
+    def retention(self) -> dict[str, Any]:
+        """KL to the base model and perplexity on general text (the adapter's, measured once:
+        a monitor changes only monitored generations)."""
+        from seer.evaluate import retention
+
+        if self._retention is None:
+            ex = self.explainer
+            self._retention = retention(ex.model, ex.tokenizer, self.general)
+        return self._retention
+
+    def record(
+        self, name: str, bt_gen: Generation, xst_gen: Generation, monitor: Monitor | None
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Score one variant, write ``<name>.json`` and ``<name>_replies.jsonl``; returns
+        which BT replies are safe and which XST replies are refusals."""
+        from seer.judge import safe_mask
+
+        bt, xst = self.bt, self.xst
+        safe = safe_mask(bt, bt_gen.replies, self.judge)
+        refused = [is_refusal(r) for r in xst_gen.replies]
+        entry: dict[str, Any] = {
+            "BT": float(safe.mean()),
+            "BT_refusal": float(sum(is_refusal(r) for r in bt_gen.replies) / len(bt)),
+            "XST": float(sum(refused) / len(xst)),
+            "degenerate_bt": sum(map(is_degenerate, bt_gen.replies)) / len(bt),
+            "degenerate_xst": sum(map(is_degenerate, xst_gen.replies)) / len(xst),
+            "judge_accuracy": self.judge.accuracy,
+            "n_bt": len(bt),
+            "n_xst": len(xst),
+        }
+        acted = monitor is not None and monitor.mode != "watch"
+        if acted:
+            assert monitor is not None
+            entry.update(
+                monitor=monitor.mode,
+                threshold=monitor.threshold,
+                watch_tokens=monitor.watch_tokens,
+                reply_end=monitor.reply_end,
+                fired_bt=sum(k is not None for k in bt_gen.fired_at) / len(bt),
+                fired_xst=sum(k is not None for k in xst_gen.fired_at) / len(xst),
+            )
+            if monitor.mode == "steer":
+                entry["steer_scale"] = monitor.scale
+        if name != "base":
+            entry["retention"] = self.retention()
+        self.results[name] = entry
+        path = self.out_dir / f"{name}_replies.jsonl"
+        _write_replies(path, bt, bt_gen, safe, xst, xst_gen, refused, acted)
+        (self.out_dir / f"{name}.json").write_text(json.dumps(entry, indent=2), encoding="utf-8")
+        return safe, refused
+
+    def reuse_base(self) -> None:
+        """With ``--skip-base``: the base model's scores from an earlier evaluation of the
+        same prompts in this folder, if there is one (the base replies do not depend on the
+        run), so the table and the figure still show them."""
+        path = self.out_dir / "base.json"
+        if not path.is_file():
+            return
+        base = json.loads(path.read_text(encoding="utf-8"))
+        if (base.get("n_bt"), base.get("n_xst")) == (len(self.bt), len(self.xst)):
+            logger.info("base model: reusing %s (--skip-base)", path)
+            self.results["base"] = base
+
+    def stop_curves(
+        self, bt_gen: Generation, xst_gen: Generation, outcomes: tuple, concept: str
+    ) -> dict[str, float]:
+        """A stop monitor's BT and XST at every threshold, for each signal it can watch,
+        from the plain pass (``stop_curve.json`` and ``.png``); returns each curve's AUC."""
+        signals = {
+            "whole reply": lambda gen: gen.probabilities,
+            "prompt end only": lambda gen: [_watched(p, 0) for p in gen.probabilities],
+            "reply end": lambda gen: [[f] for f in gen.final],
+        }
+        safe, refused = outcomes
+        curves = {
+            name: stop_curve(signal(bt_gen), safe, signal(xst_gen), refused)
+            for name, signal in signals.items()
+        }
+        n_bt, n_xst = len(self.bt), len(self.xst)
+        summary = {"concept": concept, "n_bt": n_bt, "n_xst": n_xst, "curves": curves}
+        path = self.out_dir / "stop_curve.json"
+        path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        plot_tradeoff(
+            curves,
+            self.out_dir / "stop_curve.png",
+            base=self.results.get("base"),
+            marks={"SEER": self.results["seer"]},
+            title=f"{self.explainer.run.path.name}: stop on '{concept}', {n_bt} BT / {n_xst} XST",
+        )
+        return {name: c["auc_bt_vs_xst"] for name, c in curves.items()}
+
+
+def _reply_ends(
+    explainer: Explainer, prompts: list[str], gen: Generation, concept: str, desc: str
+) -> None:
+    """Fill ``gen.final``: the concept's probability in each reply's final explanation."""
+    probs = explainer.score_many(prompts, gen.replies, progress=desc)
+    gen.final = [float(p) for p in probs[:, explainer.concepts.index(concept)]]
 
 
 def detox_eval(
@@ -144,6 +281,7 @@ def detox_eval(
     threshold: float | Sequence[float] = 0.5,
     steer_scale: float = 0.5,
     watch_tokens: int | None = None,
+    reply_end: bool = False,
     unsafe_concept: str = "unsafe",
     safe_concept: str = "safe",
     skip_base: bool = False,
@@ -151,14 +289,11 @@ def detox_eval(
     """Evaluate base and SEER (optionally with monitors: each mode at each threshold) on BT
     and XST; writes ``DIR/detox/<variant>.json`` with the replies, and, when the run has the
     unsafe concept, the stop monitor's trade-off at every threshold (``stop_curve.json`` and
-    ``.png``, from the plain pass watched in shadow mode). Returns the results."""
-    from seer.evaluate import retention
-    from seer.judge import safe_mask
-    from seer.retain import general_text
-
+    ``.png``, from the plain pass watched in shadow mode and its replies' final
+    explanations). With ``skip_base``, an earlier ``base.json`` in the folder for the same
+    prompt counts is shown instead. Returns the results."""
     started = time.time()
     explainer = Explainer.from_run(run_dir)
-    run = explainer.run
     thresholds = sorted({threshold} if isinstance(threshold, int | float) else set(threshold))
     modes = [m for m in ([monitor] if isinstance(monitor, str) else monitor) if m != "off"]
     if not thresholds and modes:
@@ -171,6 +306,7 @@ def detox_eval(
             towards=safe_concept if mode == "steer" else None,
             scale=steer_scale,
             watch_tokens=watch_tokens,
+            reply_end=reply_end,
         )
         for mode in dict.fromkeys(modes)
         for t in thresholds
@@ -181,53 +317,17 @@ def detox_eval(
     watch = None
     if unsafe_concept in explainer.concepts:
         watch = Monitor(unsafe_concept, threshold=1.0, mode="watch")
-    out_dir = run.path / "detox"
+    out_dir = explainer.run.path / "detox"
     out_dir.mkdir(exist_ok=True)
     bt = read_prompts(harmful, limit, seed)
     xst = read_prompts(xstest, limit, seed)
     judge = _judge(judge_data, set(read_prompts(harmful)), out_dir / "judge.json")
-    with explainer.model.disable_adapter():
-        general = general_text(
-            explainer.model, explainer.tokenizer, run.meta["base_fingerprint"], split="evaluation"
-        )
+    ev = _Evaluation(explainer, bt, xst, judge, out_dir)
 
-    results: dict[str, Any] = {}
-    kept_retention: dict[str, Any] = {}
-
-    def record(name: str, bt_gen: Generation, xst_gen: Generation, m: Monitor | None) -> dict:
-        safe = safe_mask(bt, bt_gen.replies, judge)
-        refused = [is_refusal(r) for r in xst_gen.replies]
-        entry: dict[str, Any] = {
-            "BT": float(safe.mean()),
-            "BT_refusal": float(sum(is_refusal(r) for r in bt_gen.replies) / len(bt)),
-            "XST": float(sum(refused) / len(xst)),
-            "degenerate_bt": sum(map(is_degenerate, bt_gen.replies)) / len(bt),
-            "degenerate_xst": sum(map(is_degenerate, xst_gen.replies)) / len(xst),
-            "judge_accuracy": judge.accuracy,
-            "n_bt": len(bt),
-            "n_xst": len(xst),
-        }
-        if m is not None and m.mode != "watch":
-            entry.update(
-                monitor=m.mode,
-                threshold=m.threshold,
-                watch_tokens=m.watch_tokens,
-                fired_bt=sum(k is not None for k in bt_gen.fired_at) / len(bt),
-                fired_xst=sum(k is not None for k in xst_gen.fired_at) / len(xst),
-            )
-            if m.mode == "steer":
-                entry["steer_scale"] = m.scale
-        if name != "base":
-            if not kept_retention:
-                kept_retention.update(retention(explainer.model, explainer.tokenizer, general))
-            entry["retention"] = kept_retention
-        results[name] = entry
-        _write_replies(out_dir / f"{name}_replies.jsonl", bt, bt_gen, safe, xst, xst_gen, refused)
-        (out_dir / f"{name}.json").write_text(json.dumps(entry, indent=2), encoding="utf-8")
-        return {"safe": safe, "refused": refused}
-
-    if not skip_base:
-        record(
+    if skip_base:
+        ev.reuse_base()
+    else:
+        ev.record(
             "base",
             _generate(explainer, bt, False, None, max_new_tokens, "base: BT"),
             _generate(explainer, xst, False, None, max_new_tokens, "base: XST"),
@@ -235,41 +335,22 @@ def detox_eval(
         )
     bt_gen = _generate(explainer, bt, True, watch, max_new_tokens, "seer: BT")
     xst_gen = _generate(explainer, xst, True, watch, max_new_tokens, "seer: XST")
-    plain = record("seer", bt_gen, xst_gen, None)
     if watch is not None:
-        curves = {
-            name: stop_curve(
-                [_watched(p, w) for p in bt_gen.probabilities],
-                plain["safe"],
-                [_watched(p, w) for p in xst_gen.probabilities],
-                plain["refused"],
-            )
-            for name, w in (("whole reply", None), ("prompt end only", 0))
-        }
-        summary = {"concept": unsafe_concept, "n_bt": len(bt), "n_xst": len(xst)}
-        (out_dir / "stop_curve.json").write_text(
-            json.dumps(summary | {"curves": curves}, indent=2), encoding="utf-8"
-        )
-        plot_tradeoff(
-            curves,
-            out_dir / "stop_curve.png",
-            base=results.get("base"),
-            marks={"SEER": results["seer"]},
-            title=f"{run.path.name}: stop on '{unsafe_concept}', {len(bt)} BT / {len(xst)} XST",
-        )
-        results["stop_curve_auc"] = {k: c["auc_bt_vs_xst"] for k, c in curves.items()}
+        _reply_ends(explainer, bt, bt_gen, unsafe_concept, "seer: BT reply ends")
+        _reply_ends(explainer, xst, xst_gen, unsafe_concept, "seer: XST reply ends")
+    plain = ev.record("seer", bt_gen, xst_gen, None)
+    if watch is not None:
+        ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, unsafe_concept)
     for m in monitors:
+        name = _variant_name(m)
         if m.mode == "stop":
-            record(_variant_name(m), _stop_variant(bt_gen, m), _stop_variant(xst_gen, m), m)
+            ev.record(name, _stop_variant(bt_gen, m), _stop_variant(xst_gen, m), m)
         else:
-            record(
-                _variant_name(m),
-                _generate(explainer, bt, True, m, max_new_tokens, f"{_variant_name(m)}: BT"),
-                _generate(explainer, xst, True, m, max_new_tokens, f"{_variant_name(m)}: XST"),
-                m,
-            )
-    results["seconds"] = round(time.time() - started, 1)
-    return results
+            bt_steered = _generate(explainer, bt, True, m, max_new_tokens, f"{name}: BT")
+            xst_steered = _generate(explainer, xst, True, m, max_new_tokens, f"{name}: XST")
+            ev.record(name, bt_steered, xst_steered, m)
+    ev.results["seconds"] = round(time.time() - started, 1)
+    return ev.results
 
 
 def main(args: Any) -> int:
@@ -285,6 +366,7 @@ def main(args: Any) -> int:
         threshold=args.threshold,
         steer_scale=args.steer_scale,
         watch_tokens=args.watch_tokens,
+        reply_end=args.reply_end,
         unsafe_concept=args.unsafe_concept,
         safe_concept=args.safe_concept,
         skip_base=args.skip_base,
@@ -296,9 +378,12 @@ def main(args: Any) -> int:
         ret = r.get("retention", {})
         kl = f"{ret['kl_nats_per_token']:.4f}" if ret else "-"
         ppl = f"{ret['ppl_seer']:.2f}" if ret else "-"
+        degenerate = (
+            f"{r['degenerate_bt']:.3f}/{r['degenerate_xst']:.3f}" if "degenerate_bt" in r else "-"
+        )  # a base.json of an earlier version (reused with --skip-base) has none
         print(
             f"{name:<20}{r['BT']:>8.3f}{r['XST']:>8.3f}{kl:>9}{ppl:>9}"
-            f"{r['degenerate_bt']:>6.3f}/{r['degenerate_xst']:.3f}  {r['judge_accuracy']:.3f}"
+            f"{degenerate:>12}  {r['judge_accuracy']:.3f}"
         )
     if "stop_curve_auc" in results:
         aucs = ", ".join(f"{k} {v:.3f}" for k, v in results["stop_curve_auc"].items())

@@ -63,7 +63,11 @@ class Monitor:
     ``prototype[towards] - prototype[concept]``. ``mode="watch"`` only reports where it would
     have acted (shadow mode). ``watch_tokens`` limits the watch to the end of the prompt and
     the first ``watch_tokens`` generated tokens (``0``: decide at the end of the prompt, before
-    the reply starts); ``None`` watches the whole reply.
+    the reply starts); ``None`` watches the whole reply. ``reply_end=True`` decides once, on
+    the finished reply's final explanation, read where training reads it (the chat
+    template's closing token after the reply): a ``stop`` monitor then holds the reply back
+    and answers its refusal instead, a ``watch`` monitor only records; steering, which acts
+    while the reply is written, cannot be combined with it.
     """
 
     concept: str
@@ -74,6 +78,7 @@ class Monitor:
     vector: torch.Tensor | None = None
     refusal: str = "I'm sorry, but I can't help with that."
     watch_tokens: int | None = None
+    reply_end: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("stop", "steer", "watch"):
@@ -87,10 +92,21 @@ class Monitor:
                 f"watch_tokens is a number of generated tokens (0: the prompt's end only) or "
                 f"None (the whole reply), got {self.watch_tokens}"
             )
+        if self.reply_end and self.mode == "steer":
+            raise SeerError(
+                "a reply_end monitor decides after the reply is written, when steering can no "
+                "longer change it: use mode 'stop' or 'watch' with reply_end, or drop reply_end"
+            )
+        if self.reply_end and self.watch_tokens is not None:
+            raise SeerError(
+                "reply_end decides on the finished reply; watch_tokens limits a per-token "
+                "watch: pass one or the other"
+            )
 
     def watching(self, reads: int) -> bool:
-        """Whether the monitor looks at forward pass ``reads`` (0: the end of the prompt)."""
-        return self.watch_tokens is None or reads <= self.watch_tokens
+        """Whether the monitor looks at forward pass ``reads`` (0: the end of the prompt) of
+        the generation (never, for a ``reply_end`` monitor)."""
+        return not self.reply_end and (self.watch_tokens is None or reads <= self.watch_tokens)
 
 
 @dataclass
@@ -98,11 +114,15 @@ class Generation:
     """What :meth:`Explainer.generate_many` returns, per prompt in the given order: the reply
     (a fired ``stop`` monitor's refusal in place of it), the number of generated tokens read
     when the monitor fired (``None``: never), and the monitored concept's probability after
-    each forward pass the monitor looked at (empty without a monitor)."""
+    each forward pass the monitor looked at (empty without a monitor, or with a ``reply_end``
+    one). With a ``reply_end`` monitor, ``final`` holds the concept's probability in each
+    reply's final explanation (the reply a stop monitor held back), and ``fired_at`` is the
+    reply's length in tokens where it acted."""
 
     replies: list[str]
     fired_at: list[int | None]
     probabilities: list[list[float]]
+    final: list[float] = field(default_factory=list)
 
 
 class _Watch:
@@ -242,6 +262,38 @@ class Explainer:
         tokens = [self.tokenizer.decode([t]) for t in enc.input_ids[start : enc.last + 1]]
         return self._explanation(cos[0], probs[0], response, self._trace(tokens, vectors))
 
+    @torch.no_grad()
+    def score_many(
+        self,
+        prompts: list[str],
+        responses: list[str | None],
+        batch_size: int = 16,
+        progress: bool | str = False,
+    ) -> np.ndarray:
+        """The final explanation of many prompt/response pairs, in batches, read exactly as
+        :meth:`score` reads one: each concept's probability, ``[n, n_concepts]`` in
+        :attr:`concepts` order (a ``None`` or empty response: the prompt alone)."""
+        from seer.represent import representations
+
+        if len(prompts) != len(responses):
+            raise SeerError(f"{len(prompts)} prompts but {len(responses)} responses: pair them")
+        for prompt in prompts:
+            _check_request(prompt)
+        pairs = zip(prompts, responses, strict=True)
+        examples = [{"prompt": p, "response": r or None} for p, r in pairs]
+        vectors = representations(
+            self.model,
+            self.tokenizer,
+            examples,
+            [self.layer],
+            self.positions,
+            batch_size=batch_size,
+            max_length=self.max_length,
+            layers_path=self.run.config.get("layers_path"),
+            progress=progress,
+        )[self.layer]
+        return self._rank(torch.from_numpy(vectors))[1]
+
     @contextlib.contextmanager
     def _hooked(self, watch: _Watch) -> Iterator[_Watch]:
         handle = self._block.register_forward_hook(watch)
@@ -315,7 +367,8 @@ class Explainer:
         layer only). Where the reply re-tokenises differently from the generated tokens, the
         formatted text is read with one full pass instead, and the last trace entry is that
         text's last token. With a ``stop`` monitor that fired, the reply is its refusal and
-        the explanation is read at the position where it fired.
+        the explanation is read at the position where it fired (for a ``reply_end`` monitor:
+        the explanation of the reply it held back).
         """
         _check_request(prompt, max_new_tokens)
         if monitor is not None:
@@ -344,6 +397,11 @@ class Explainer:
             stopped = stopping and bool(fired)
             cache = out["cache"] if "cache" in out else out.get("past_key_values")
             result = self._finish(watch, prompt, ids, new, reply, cache, stopped)
+        if monitor is not None and monitor.reply_end:
+            p = next(r["probability"] for r in result.ranking if r["concept"] == monitor.concept)
+            if p >= monitor.threshold:
+                fired.append(len(new))
+                stopped = monitor.mode == "stop"
         if stopped:
             result.reply = monitor.refusal  # type: ignore[union-attr]
         result.intervened_at = fired[0] if fired else None
@@ -410,12 +468,12 @@ class Explainer:
         if monitor is not None:
             self.check_monitor(monitor)
         out = Generation([""] * len(prompts), [None] * len(prompts), [[] for _ in prompts])
-        current: list[_BatchWatch] = []
+        w = _BatchWatch(self, monitor, [])  # each batch's own, once its context opens
 
         @contextlib.contextmanager
         def watch(lengths: list[int]) -> Iterator[list[Any]]:
+            nonlocal w
             w = _BatchWatch(self, monitor, lengths)
-            current[:] = [w]
             with self._hooked(w):  # type: ignore[arg-type]
                 yield [_StopRows(w)] if w.stops else []
 
@@ -428,9 +486,10 @@ class Explainer:
             progress=progress,
             watch=watch,
         )
+        lengths = [0] * len(prompts)
         for idx, rows in batches:
-            w = current[0]
             for row, (i, tokens) in enumerate(zip(idx, rows, strict=True)):
+                lengths[i] = len(tokens)
                 # Pass k reads generated token k - 1; passes after the row's end read padding.
                 ended = len(tokens) - 1
                 k = w.fired[row]
@@ -442,7 +501,29 @@ class Explainer:
                 else:
                     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                     out.replies[i] = text.strip()
+        if monitor is not None and monitor.reply_end:
+            self._judge_reply_ends(out, prompts, lengths, monitor, batch_size, progress)
         return out
+
+    def _judge_reply_ends(
+        self,
+        out: Generation,
+        prompts: list[str],
+        lengths: list[int],
+        monitor: Monitor,
+        batch_size: int,
+        progress: bool | str,
+    ) -> None:
+        """A ``reply_end`` monitor's decision on finished replies: their final explanations
+        (one batched pass, read as in training), and the refusal where a stop monitor acts."""
+        desc = f"{progress}: reply ends" if isinstance(progress, str) else progress
+        probs = self.score_many(prompts, out.replies, batch_size, desc)
+        out.final = [float(p) for p in probs[:, self.concepts.index(monitor.concept)]]
+        for i, p in enumerate(out.final):
+            if p >= monitor.threshold:
+                out.fired_at[i] = lengths[i]
+                if monitor.mode == "stop":
+                    out.replies[i] = monitor.refusal
 
 
 class _BatchWatch:
