@@ -369,6 +369,30 @@ def test_cli_json(cli, run_dir, capsys):
     assert "top concept:" in text and "reply: far" in text and "trace" in text
 
 
+def test_cli_monitor(cli, run_dir, capsys):
+    argv = ["explain", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "3", "--json"]
+    stop = ["--monitor", "stop", "--concept", "space", "--threshold", "1e-9", "--refusal", "no."]
+    assert cli([*argv, *stop]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reply"] == "no." and out["intervened_at"] == 0
+    assert cli([*argv, *stop, "--reply-end"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reply"] == "no." and out["intervened_at"] > 0  # after the whole reply
+    steer = ["--monitor", "steer", "--concept", "space", "--threshold", "1e-9"]
+    assert cli([*argv, *steer, "--towards", "cooking", "--steer-scale", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["intervened_at"] == 0 and out["reply"] != "no."
+    watch = ["--monitor", "watch", "--concept", "space", "--threshold", "1e-9"]
+    assert cli([a for a in argv if a != "--json"] + watch) == 0
+    assert "monitor would have acted (watch mode) after 0" in capsys.readouterr().out
+    assert cli([*argv, *steer]) == 2
+    assert "towards" in capsys.readouterr().err
+    assert cli([*argv, "--monitor", "stop"]) == 2
+    assert "--concept" in capsys.readouterr().err
+    assert cli([*argv, *stop, "--response", "far"]) == 2
+    assert "drop --response" in capsys.readouterr().err
+
+
 def test_cli_file_reproduces_held_out_accuracy(cli, run_dir, capsys):
     split = run_dir / "split" / "test.jsonl"
     assert cli(["--quiet", "explain", str(run_dir), "--file", str(split), "--json"]) == 0

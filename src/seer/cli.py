@@ -158,6 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON (one object per line for --file)"
     )
     p.add_argument("--trace", action="store_true", help="print the per-token concept trace")
+    g = p.add_argument_group("monitor and intervene (generation only)")
+    g.add_argument(
+        "--monitor",
+        choices=["stop", "steer", "watch"],
+        help="watch --concept while generating and act when its probability reaches "
+        "--threshold: stop (answer --refusal), steer (towards --towards), or watch (report)",
+    )
+    g.add_argument("--concept", help="the concept the monitor watches, e.g. unsafe")
+    g.add_argument("--threshold", type=float, default=0.5, help="probability that triggers it")
+    g.add_argument("--towards", help="steer: the concept to move towards, e.g. safe")
+    g.add_argument(
+        "--steer-scale",
+        type=float,
+        default=0.5,
+        help="steer: multiple of the prompt's mean hidden-state norm",
+    )
+    g.add_argument(
+        "--watch-tokens",
+        type=int,
+        default=None,
+        help="watch only the prompt's end and this many generated tokens (0: before replying)",
+    )
+    g.add_argument(
+        "--reply-end",
+        action="store_true",
+        help="decide once, on the finished reply's final explanation (stop or watch)",
+    )
+    g.add_argument("--refusal", help="stop: the reply given instead (default: a short refusal)")
     p.set_defaults(func=_cmd_explain)
 
     p = add("export", help="write a merged Hugging Face model folder plus the prototypes")

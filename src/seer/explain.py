@@ -608,6 +608,8 @@ def _requests(args: Any) -> list[dict]:
         raise SeerError(
             f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}"
         )
+    if getattr(args, "monitor", None) is not None and args.response is not None:
+        raise SeerError("--monitor acts while a reply is generated: drop --response to use it")
     if args.file is None:
         _check_request(args.prompt)
         return [{"prompt": args.prompt, "response": args.response}]
@@ -624,7 +626,26 @@ def _requests(args: Any) -> list[dict]:
     return rows
 
 
-def _table(row: dict, result: Explanation, trace: bool) -> str:
+def _monitor(args: Any) -> Monitor | None:
+    """The ``--monitor`` options as a :class:`Monitor` (``None`` without ``--monitor``)."""
+    if getattr(args, "monitor", None) is None:
+        return None
+    if not args.concept:
+        raise SeerError("--monitor needs --concept, the concept to watch (e.g. --concept unsafe)")
+    extra = {"refusal": args.refusal} if args.refusal else {}
+    return Monitor(
+        args.concept,
+        threshold=args.threshold,
+        mode=args.monitor,
+        towards=args.towards,
+        scale=args.steer_scale,
+        watch_tokens=args.watch_tokens,
+        reply_end=args.reply_end,
+        **extra,
+    )
+
+
+def _table(row: dict, result: Explanation, trace: bool, shadow: bool = False) -> str:
     w = max(len(str(r["concept"])) for r in result.ranking) + 2
     lines = [f"prompt: {row['prompt']}"]
     if row.get("concept") is not None:
@@ -635,7 +656,8 @@ def _table(row: dict, result: Explanation, trace: bool) -> str:
         for r in result.ranking
     ]
     if result.intervened_at is not None:
-        lines.append(f"monitor acted after {result.intervened_at} generated tokens")
+        acted = "would have acted (watch mode)" if shadow else "acted"
+        lines.append(f"monitor {acted} after {result.intervened_at} generated tokens")
     lines.append(f"reply: {result.reply}")
     if trace:
         lines.append("trace (token, top concept, its probability):")
@@ -649,14 +671,20 @@ def main(args: Any) -> int:
     """``seer explain DIR --prompt TEXT [--response TEXT] | --file PROMPTS.jsonl``.
 
     Generates a reply (or scores the given response, exactly as ``seer evaluate`` reads it)
-    and prints the model's self-explanation. With ``--file``, lines that carry a ``concept``
-    are counted into a final accuracy of the top-ranked concept (ignoring the ``none``
-    threshold): on ``DIR/split/test.jsonl`` it reproduces ``prototype_accuracy``.
+    and prints the model's self-explanation; with ``--monitor``, the generation is watched
+    (and stopped or steered) as :class:`Monitor` describes. With ``--file``, lines that
+    carry a ``concept`` are counted into a final accuracy of the top-ranked concept (ignoring
+    the ``none`` threshold): on ``DIR/split/test.jsonl`` it reproduces ``prototype_accuracy``.
     """
     from tqdm.auto import tqdm
 
     rows = _requests(args)
+    monitor = _monitor(args)
     explainer = Explainer.from_run(args.run)
+    if monitor is not None:
+        explainer.check_monitor(monitor)
+        if any(row.get("response") is not None for row in rows):
+            raise SeerError("--monitor acts while a reply is generated; --file has 'response's")
     batch = args.file is not None
     correct = labelled = 0
     bar = tqdm(
@@ -670,7 +698,7 @@ def main(args: Any) -> int:
         if row.get("response") is not None:
             result = explainer.score(row["prompt"], row["response"])
         else:
-            result = explainer.generate(row["prompt"], max_new_tokens=args.max_new_tokens)
+            result = explainer.generate(row["prompt"], args.max_new_tokens, monitor)
         if row.get("concept") is not None:
             labelled += 1
             correct += result.ranking[0]["concept"] == str(row["concept"])
@@ -682,7 +710,7 @@ def main(args: Any) -> int:
                 del out["trace"]
             text = json.dumps(out, ensure_ascii=False)
         else:
-            text = _table(row, result, args.trace)
+            text = _table(row, result, args.trace, monitor is not None and monitor.mode == "watch")
         tqdm.write(text, file=sys.stdout)
     if labelled:
         accuracy = correct / labelled
