@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.tradeoff import plot_tradeoff
+from seer.detox import draw_stop_curves
 
 
 def main() -> None:
@@ -28,13 +28,8 @@ def main() -> None:
     if (base["n_bt"], base["n_xst"]) != (saved["n_bt"], saved["n_xst"]):
         raise SystemExit(f"{args.base} scores {base['n_bt']} + {base['n_xst']} prompts, not these")
     seer = json.loads((detox / "seer.json").read_text(encoding="utf-8"))
-    n_bt, n_xst = saved["n_bt"], saved["n_xst"]
-    out = plot_tradeoff(
-        saved["curves"],
-        args.out or detox / "stop_curve.png",
-        base=base,
-        marks={"SEER": seer},
-        title=f"{Path(args.run).name}: stop on '{saved['concept']}', {n_bt} BT / {n_xst} XST",
+    out = draw_stop_curves(
+        saved, args.out or detox / "stop_curve.png", Path(args.run).name, base, seer
     )
     print(f"wrote {out}")
 

@@ -287,8 +287,12 @@ def test_score_many_reads_like_score(explainer):
         expected = {r["concept"]: r["probability"] for r in one.ranking}
         got = dict(zip(explainer.concepts, row.tolist(), strict=True))
         assert got == pytest.approx(expected, abs=1e-5)
+    space = explainer.final_probability("space", PROMPTS, responses, batch_size=3)
+    assert space == many[:, explainer.concepts.index("space")].tolist()
     with pytest.raises(SeerError, match="pair them"):
         explainer.score_many(PROMPTS, responses[:2])
+    with pytest.raises(SeerError, match="not in this run"):
+        explainer.final_probability("cars", PROMPTS, responses)
 
 
 def test_reply_end_monitor_decides_on_the_final_explanation(explainer):

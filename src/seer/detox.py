@@ -32,7 +32,7 @@ from seer.explain import Explainer, Generation, Monitor
 from seer.refusal import is_refusal
 from seer.tradeoff import first_crossing, plot_tradeoff, stop_curve
 
-__all__ = ["detox_eval", "is_degenerate", "main", "read_prompts"]
+__all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "main", "read_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,22 +250,33 @@ class _Evaluation:
         summary = {"concept": concept, "n_bt": n_bt, "n_xst": n_xst, "curves": curves}
         path = self.out_dir / "stop_curve.json"
         path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        plot_tradeoff(
-            curves,
+        draw_stop_curves(
+            summary,
             self.out_dir / "stop_curve.png",
-            base=self.results.get("base"),
-            marks={"SEER": self.results["seer"]},
-            title=f"{self.explainer.run.path.name}: stop on '{concept}', {n_bt} BT / {n_xst} XST",
+            self.explainer.run.path.name,
+            self.results.get("base"),
+            self.results["seer"],
         )
         return {name: c["auc_bt_vs_xst"] for name, c in curves.items()}
 
 
-def _reply_ends(
-    explainer: Explainer, prompts: list[str], gen: Generation, concept: str, desc: str
-) -> None:
-    """Fill ``gen.final``: the concept's probability in each reply's final explanation."""
-    probs = explainer.score_many(prompts, gen.replies, progress=desc)
-    gen.final = [float(p) for p in probs[:, explainer.concepts.index(concept)]]
+def draw_stop_curves(
+    summary: dict[str, Any],
+    path: str | Path,
+    run_name: str,
+    base: dict[str, Any] | None,
+    seer: dict[str, Any],
+) -> Path:
+    """The figure of ``stop_curve.json``'s ``summary``: every curve, the base model's and
+    plain SEER's points, and (with ``base``) the issue's target region."""
+    n_bt, n_xst, concept = summary["n_bt"], summary["n_xst"], summary["concept"]
+    return plot_tradeoff(
+        summary["curves"],
+        path,
+        base=base,
+        marks={"SEER": seer},
+        title=f"{run_name}: stop on '{concept}', {n_bt} BT / {n_xst} XST",
+    )
 
 
 def detox_eval(
@@ -336,8 +347,11 @@ def detox_eval(
     bt_gen = _generate(explainer, bt, True, watch, max_new_tokens, "seer: BT")
     xst_gen = _generate(explainer, xst, True, watch, max_new_tokens, "seer: XST")
     if watch is not None:
-        _reply_ends(explainer, bt, bt_gen, unsafe_concept, "seer: BT reply ends")
-        _reply_ends(explainer, xst, xst_gen, unsafe_concept, "seer: XST reply ends")
+        for gen, prompts, name in ((bt_gen, bt, "BT"), (xst_gen, xst, "XST")):
+            desc = f"seer: {name} reply ends"
+            gen.final = explainer.final_probability(
+                unsafe_concept, prompts, gen.replies, progress=desc
+            )
     plain = ev.record("seer", bt_gen, xst_gen, None)
     if watch is not None:
         ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, unsafe_concept)

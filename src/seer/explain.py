@@ -294,6 +294,21 @@ class Explainer:
         )[self.layer]
         return self._rank(torch.from_numpy(vectors))[1]
 
+    def final_probability(
+        self,
+        concept: str,
+        prompts: list[str],
+        responses: list[str | None],
+        batch_size: int = 16,
+        progress: bool | str = False,
+    ) -> list[float]:
+        """One concept's probability in the final explanation of each prompt/response pair
+        (:meth:`score_many`'s column for ``concept``): what a ``reply_end`` monitor reads."""
+        if concept not in self.concepts:
+            raise SeerError(f"concept {concept!r} is not in this run; it has {self.concepts}")
+        probs = self.score_many(prompts, responses, batch_size, progress)
+        return [float(p) for p in probs[:, self.concepts.index(concept)]]
+
     @contextlib.contextmanager
     def _hooked(self, watch: _Watch) -> Iterator[_Watch]:
         handle = self._block.register_forward_hook(watch)
@@ -517,8 +532,7 @@ class Explainer:
         """A ``reply_end`` monitor's decision on finished replies: their final explanations
         (one batched pass, read as in training), and the refusal where a stop monitor acts."""
         desc = f"{progress}: reply ends" if isinstance(progress, str) else progress
-        probs = self.score_many(prompts, out.replies, batch_size, desc)
-        out.final = [float(p) for p in probs[:, self.concepts.index(monitor.concept)]]
+        out.final = self.final_probability(monitor.concept, prompts, out.replies, batch_size, desc)
         for i, p in enumerate(out.final):
             if p >= monitor.threshold:
                 out.fired_at[i] = lengths[i]
