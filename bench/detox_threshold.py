@@ -62,6 +62,9 @@ def main() -> None:
     )
     parser.add_argument("--max-xst-rise", type=float, default=0.10)
     parser.add_argument(
+        "--min-bt-rise", type=float, default=0.30, help="the bar a split must meet (summary)"
+    )
+    parser.add_argument(
         "--signal", choices=["peak", "prompt_end", "reply_end"], default="prompt_end"
     )
     parser.add_argument("--base-replies", help="default: DIR/detox/base_replies.jsonl")
@@ -77,10 +80,13 @@ def main() -> None:
     if len(rises) > 1:
         bt = sum(r[0] for r in rises) / len(rises)
         xst = sum(r[1] for r in rises) / len(rises)
-        inside = sum(b >= 0.30 and x <= args.max_xst_rise + 1e-9 for b, x in rises)
+        inside = sum(
+            b >= args.min_bt_rise - 1e-9 and x <= args.max_xst_rise + 1e-9 for b, x in rises
+        )
         print(
             f"{len(rises)} splits: mean bt_rise={bt:+.3f} xst_rise={xst:+.3f}; "
-            f"{inside} of {len(rises)} with BT +0.30 or more and XST within the allowed rise"
+            f"{inside} of {len(rises)} with BT {args.min_bt_rise:+.2f} or more "
+            f"and XST {args.max_xst_rise:+.2f} or less"
         )
 
 
