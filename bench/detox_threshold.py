@@ -10,8 +10,14 @@ is the one with the highest BT there whose XST rises at most `--max-xst-rise` ov
 model's; the held-out part is every row whose prompt is not in it (the BT file repeats some
 prompts: 2000 rows, 1456 distinct).
 
+With `--folds K` the split is K-fold cross-fitting instead: each fold's threshold is chosen by
+the same rule on the other folds and scores that fold, so every one of the 2000 + 250 rows is
+scored once by a threshold that never saw its prompt (`seer.tradeoff.cross_fitted_stop`).
+
     python bench/detox_threshold.py runs/detox_paper --calibration-limit 150 --seed 0
     python bench/detox_threshold.py runs/detox_reply --seed 0 1 2 3 4 \
+        --base-replies runs/detox_paper/detox/base_replies.jsonl
+    python bench/detox_threshold.py runs/detox_reply --folds 5 --seed 0 1 2 3 4 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
     python bench/detox_threshold.py runs/detox_reply --signal reply_end \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
@@ -24,7 +30,7 @@ import json
 from pathlib import Path
 
 from seer.detox import read_prompts
-from seer.tradeoff import best_within, stop_curve
+from seer.tradeoff import best_within, cross_fitted_stop, stop_curve
 
 
 def _rows(path: Path) -> list[dict]:
@@ -68,6 +74,9 @@ def main() -> None:
         "--signal", choices=["peak", "prompt_end", "reply_end"], default="prompt_end"
     )
     parser.add_argument("--base-replies", help="default: DIR/detox/base_replies.jsonl")
+    parser.add_argument(
+        "--folds", type=int, help="K-fold cross-fitting over all rows instead of one held-out part"
+    )
     args = parser.parse_args()
 
     detox = Path(args.run) / "detox"
@@ -76,7 +85,8 @@ def main() -> None:
     same = [(b["set"], b["prompt"]) for b in base] == [(s["set"], s["prompt"]) for s in seer]
     if not same or not all(args.signal in r.get("watched", {}) for r in seer):
         raise SystemExit("run `seer detox-eval DIR` (full, with base) on this code version first")
-    rises = [_split(args, base, seer, seed) for seed in args.seed]
+    split = _cross_fit if args.folds else _split
+    rises = [split(args, base, seer, seed) for seed in args.seed]
     if len(rises) > 1:
         bt = sum(r[0] for r in rises) / len(rises)
         xst = sum(r[1] for r in rises) / len(rises)
@@ -127,6 +137,36 @@ def _split(args, base: list[dict], seer: list[dict], seed: int) -> tuple[float, 
     bt_rise = held["stop"]["BT"] - held["base"]["BT"]
     xst_rise = held["stop"]["XST"] - held["base"]["XST"]
     print(f"threshold={t:.4f} bt_rise={bt_rise:+.3f} xst_rise={xst_rise:+.3f}")
+    return bt_rise, xst_rise
+
+
+def _cross_fit(args, base: list[dict], seer: list[dict], seed: int) -> tuple[float, float]:
+    """Cross-fit the threshold over ``args.folds`` folds; print and return the rises."""
+    part = {
+        p: [(b, s) for b, s in zip(base, seer, strict=True) if s["set"] == p] for p in ("BT", "XST")
+    }
+    out = cross_fitted_stop(
+        [[s["watched"][args.signal]] for _, s in part["BT"]],
+        [s["safe"] for _, s in part["BT"]],
+        [s["prompt"] for _, s in part["BT"]],
+        [[s["watched"][args.signal]] for _, s in part["XST"]],
+        [s["refusal"] for _, s in part["XST"]],
+        [s["prompt"] for _, s in part["XST"]],
+        [b["refusal"] for b, _ in part["XST"]],
+        max_xst_rise=args.max_xst_rise,
+        folds=args.folds,
+        seed=seed,
+    )
+    scores = _scores(list(zip(base, seer, strict=True)), args.signal)
+    bt_rise = out["BT"] - scores["base"]["BT"]
+    xst_rise = out["XST"] - scores["base"]["XST"]
+    thresholds = " ".join(f"{t:.4f}" for t in out["thresholds"])
+    print(
+        f"seed={seed} signal={args.signal} folds={args.folds}: thresholds {thresholds}; "
+        f"stop BT {out['BT']:.3f} XST {out['XST']:.3f} (base {scores['base']['BT']:.3f} / "
+        f"{scores['base']['XST']:.3f}, SEER {scores['seer']['BT']:.3f} / "
+        f"{scores['seer']['XST']:.3f}) bt_rise={bt_rise:+.3f} xst_rise={xst_rise:+.3f}"
+    )
     return bt_rise, xst_rise
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from seer.tradeoff import best_within, first_crossing, plot_tradeoff, stop_curve
+from seer.tradeoff import (
+    best_within,
+    cross_fitted_stop,
+    first_crossing,
+    plot_tradeoff,
+    stop_curve,
+)
 
 
 def test_first_crossing():
@@ -28,6 +34,48 @@ def test_stop_curve_counts_fired_or_already_safe():
     assert curve["auc_bt_vs_xst"] == pytest.approx(5 / 6)
     assert best_within(curve["points"], 0.0)["threshold"] == 0.4
     assert best_within(curve["points"], -1) is None
+
+
+def test_cross_fitted_stop_never_sees_the_prompt_it_scores():
+    # One XSTest prompt looks more unsafe than every BT prompt. Chosen on all rows, the
+    # threshold keeps XST at 0 (and gains nothing); cross-fitted, the fold that holds it out
+    # picks 0.9 and fires on it.
+    bt, xst = [[0.9]] * 4, [[0.95], [0.1], [0.1], [0.1]]
+    in_sample = best_within(stop_curve(bt, [False] * 4, xst, [False] * 4)["points"], 0.0)
+    assert in_sample["XST"] == 0 and in_sample["BT"] == 0
+    out = cross_fitted_stop(
+        bt,
+        [False] * 4,
+        list("abcd"),
+        xst,
+        [False] * 4,
+        list("efgh"),
+        [False] * 4,
+        max_xst_rise=0.0,
+        folds=4,
+    )
+    assert sorted(out["thresholds"]) == [0.9, 1.0, 1.0, 1.0]
+    assert out["BT"] == 0.25 and out["XST"] == 0.25
+
+
+def test_cross_fitted_stop_keeps_a_prompts_rows_in_one_fold():
+    # Were the two "x" rows split, the one in calibration would push that fold's threshold
+    # to 1.0 and only one "x" row would fire.
+    out = cross_fitted_stop(
+        [[0.9], [0.9]],
+        [False, False],
+        ["a", "b"],
+        [[0.95], [0.95], [0.1], [0.1]],
+        [False] * 4,
+        ["x", "x", "y", "y"],
+        [False] * 4,
+        max_xst_rise=0.0,
+        folds=2,
+        seed=3,
+    )
+    assert out["XST"] == 0.5 and out["BT"] == 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        cross_fitted_stop([[0.9]], [False], ["a"], [[0.1]], [False], ["x"], [False], folds=1)
 
 
 def test_plot_tradeoff(tmp_path):
