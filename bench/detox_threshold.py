@@ -93,8 +93,9 @@ def main() -> None:
         inside = sum(
             b >= args.min_bt_rise - 1e-9 and x <= args.max_xst_rise + 1e-9 for b, x in rises
         )
+        kind = "cross-fits" if args.folds else "splits"
         print(
-            f"{len(rises)} splits: mean bt_rise={bt:+.3f} xst_rise={xst:+.3f}; "
+            f"{len(rises)} {kind}: mean bt_rise={bt:+.3f} xst_rise={xst:+.3f}; "
             f"{inside} of {len(rises)} with BT {args.min_bt_rise:+.2f} or more "
             f"and XST {args.max_xst_rise:+.2f} or less"
         )
