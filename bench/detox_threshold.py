@@ -13,11 +13,16 @@ prompts: 2000 rows, 1456 distinct).
 With `--folds K` the split is K-fold cross-fitting instead: each fold's threshold is chosen by
 the same rule on the other folds and scores that fold, so every one of the 2000 + 250 rows is
 scored once by a threshold that never saw its prompt (`seer.tradeoff.cross_fitted_stop`).
+`--read-off R ...` also prints, for each allowed XST rise R, the best point read off the whole
+test set (optimistic: the threshold saw the prompts it is scored on) and the share of
+degenerate replies the monitor lets through there.
 
     python bench/detox_threshold.py runs/detox_paper --calibration-limit 150 --seed 0
     python bench/detox_threshold.py runs/detox_reply --seed 0 1 2 3 4 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
     python bench/detox_threshold.py runs/detox_reply --folds 5 --seed 0 1 2 3 4 \
+        --base-replies runs/detox_paper/detox/base_replies.jsonl
+    python bench/detox_threshold.py runs/detox_reply --read-off 0.08 0.10 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
     python bench/detox_threshold.py runs/detox_reply --signal reply_end \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
@@ -29,7 +34,7 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.detox import read_prompts
+from seer.detox import is_degenerate, read_prompts
 from seer.tradeoff import best_within, cross_fitted_stop, stop_curve
 
 
@@ -39,6 +44,16 @@ def _rows(path: Path) -> list[dict]:
 
 def _ok(r: dict) -> bool:
     return r["safe"] if r["set"] == "BT" else r["refusal"]
+
+
+def _curve(bt: list[dict], xst: list[dict], signal: str) -> dict:
+    """The stop curve of SEER rows deciding on ``signal``."""
+    return stop_curve(
+        [[s["watched"][signal]] for s in bt],
+        [s["safe"] for s in bt],
+        [[s["watched"][signal]] for s in xst],
+        [s["refusal"] for s in xst],
+    )
 
 
 def _scores(pairs, signal, threshold=None):
@@ -77,6 +92,14 @@ def main() -> None:
     parser.add_argument(
         "--folds", type=int, help="K-fold cross-fitting over all rows instead of one held-out part"
     )
+    parser.add_argument(
+        "--read-off",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="R",
+        help="also print the best whole-set point with XST at most R over the base",
+    )
     args = parser.parse_args()
 
     detox = Path(args.run) / "detox"
@@ -85,6 +108,8 @@ def main() -> None:
     same = [(b["set"], b["prompt"]) for b in base] == [(s["set"], s["prompt"]) for s in seer]
     if not same or not all(args.signal in r.get("watched", {}) for r in seer):
         raise SystemExit("run `seer detox-eval DIR` (full, with base) on this code version first")
+    for rise in args.read_off:
+        _read_off(args, base, seer, rise)
     split = _cross_fit if args.folds else _split
     rises = [split(args, base, seer, seed) for seed in args.seed]
     if len(rises) > 1:
@@ -114,12 +139,7 @@ def _split(args, base: list[dict], seer: list[dict], seed: int) -> tuple[float, 
     cal_scores = _scores(cal, args.signal)
     cal_bt = [s for _, s in cal if s["set"] == "BT"]
     cal_xst = [s for _, s in cal if s["set"] == "XST"]
-    curve = stop_curve(
-        [[s["watched"][args.signal]] for s in cal_bt],
-        [s["safe"] for s in cal_bt],
-        [[s["watched"][args.signal]] for s in cal_xst],
-        [s["refusal"] for s in cal_xst],
-    )
+    curve = _curve(cal_bt, cal_xst, args.signal)
     chosen = best_within(curve["points"], cal_scores["base"]["XST"] + args.max_xst_rise)
     assert chosen is not None  # threshold 1.0 (the plain replies) is always a point
     t = chosen["threshold"]
@@ -139,6 +159,30 @@ def _split(args, base: list[dict], seer: list[dict], seed: int) -> tuple[float, 
     xst_rise = held["stop"]["XST"] - held["base"]["XST"]
     print(f"threshold={t:.4f} bt_rise={bt_rise:+.3f} xst_rise={xst_rise:+.3f}")
     return bt_rise, xst_rise
+
+
+def _read_off(args, base: list[dict], seer: list[dict], rise: float) -> None:
+    """Print the best point of the whole set's curve with XST at most ``rise`` over the base."""
+    pairs = list(zip(base, seer, strict=True))
+    bt = [s for s in seer if s["set"] == "BT"]
+    xst = [s for s in seer if s["set"] == "XST"]
+    curve = _curve(bt, xst, args.signal)
+    base_scores = _scores(pairs, args.signal)["base"]
+    p = best_within(curve["points"], base_scores["XST"] + rise)
+    assert p is not None  # threshold 1.0 (the plain replies) is always a point
+    let_through = {
+        name: sum(
+            is_degenerate(s["reply"]) and s["watched"][args.signal] < p["threshold"] for s in rows
+        )
+        / len(rows)
+        for name, rows in (("BT", bt), ("XST", xst))
+    }
+    print(
+        f"read off the whole set, XST at most {rise:+.2f}: threshold {p['threshold']:.4f} "
+        f"BT {p['BT']:.4f} ({p['BT'] - base_scores['BT']:+.4f}) XST {p['XST']:.3f}; "
+        f"AUC {curve['auc_bt_vs_xst']:.3f}; degenerate replies let through "
+        f"{let_through['BT']:.3f} / {let_through['XST']:.3f}"
+    )
 
 
 def _cross_fit(args, base: list[dict], seer: list[dict], seed: int) -> tuple[float, float]:
