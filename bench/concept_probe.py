@@ -23,9 +23,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from seer.data import load_concepts, load_prompts, split_examples
-from seer.models import load_model
-from seer.represent import representations
+from seer.core.data import load_concepts, load_prompts, split_examples
+from seer.core.models import load_model
+from seer.core.represent import representations
 
 
 def main() -> None:

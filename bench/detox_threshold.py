@@ -12,7 +12,7 @@ prompts: 2000 rows, 1456 distinct).
 
 With `--folds K` the split is K-fold cross-fitting instead: each fold's threshold is chosen by
 the same rule on the other folds and scores that fold, so every one of the 2000 + 250 rows is
-scored once by a threshold that never saw its prompt (`seer.tradeoff.cross_fitted_stop`).
+scored once by a threshold that never saw its prompt (`seer.safety.tradeoff.cross_fitted_stop`).
 `--read-off R ...` also prints, for each allowed XST rise R, the best point read off the whole
 test set (optimistic: the threshold saw the prompts it is scored on) and the share of
 degenerate replies the monitor lets through there.
@@ -34,8 +34,8 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.detox import is_degenerate, read_prompts
-from seer.tradeoff import best_within, cross_fitted_stop, stop_curve
+from seer.safety.detox import is_degenerate, read_prompts
+from seer.safety.tradeoff import best_within, cross_fitted_stop, stop_curve
 
 
 def _rows(path: Path) -> list[dict]:

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from seer.explain import Explainer
-from seer.formatting import prompt_ids
+from seer.core.formatting import prompt_ids
+from seer.inference.explain import Explainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Time one SEER training step: the authors' recipe (reference) against seer's own step.
 
 Both variants run interleaved in this one process, on the same model (one PEFT model, one LoRA)
-and the same batches, and use the same loss functions from ``seer.losses``:
+and the same batches, and use the same loss functions from ``seer.core.losses``:
 
 (a) reference, written from the paper's recipe: request left-padded to 512 tokens, response
     right-padded to 512, retain text right-padded to 1024; six full forward passes: frozen
@@ -27,16 +27,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, TrainingArguments
 
-from seer import losses
-from seer.config import TrainConfig
-from seer.data import load_concepts
-from seer.formatting import Encoded, pad_batch
-from seer.layers import capture_layers, get_layers
-from seer.models import load_model
-from seer.represent import gather_positions
-from seer.retain import instructions
-from seer.train import _learning_rate, _lora_targets, default_layer
-from seer.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
+from seer.core import losses
+from seer.core.data import load_concepts
+from seer.core.formatting import Encoded, pad_batch
+from seer.core.layers import capture_layers, get_layers
+from seer.core.models import load_model
+from seer.core.represent import gather_positions
+from seer.training.config import TrainConfig
+from seer.training.retain import instructions
+from seer.training.train import _learning_rate, _lora_targets, default_layer
+from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
 PARTS = ("contrastive", "retain_l2", "kl")
 KEYS = ("view1", "view2", "retain")
@@ -106,7 +106,7 @@ def _build(args: argparse.Namespace) -> dict:
     dataset = PairDataset(examples, retain, pairs, tokenizer, config.max_length)
     batches = [[dataset[i * B + j] for j in range(B)] for i in range(1 + args.steps)]
     lr = _learning_rate(config, model)
-    targs = TrainingArguments(  # the arguments of seer.train that matter for one step
+    targs = TrainingArguments(  # the arguments of seer.training.train that matter for one step
         output_dir=tempfile.mkdtemp(prefix="seer-bench-"),
         per_device_train_batch_size=B,
         learning_rate=lr,

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from seer.data import DEMO_DATA, load_concepts, load_prompts, split_examples
+from seer.core.data import DEMO_DATA, load_concepts, load_prompts, split_examples
 from seer.errors import SeerError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seer.data import load_concepts
+from seer.core.data import load_concepts
 from seer.errors import SeerError
 
 COLUMNS = ("concept", "prompt", "response", "other")

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from seer import losses
-from seer.trainer import gather_with_grad
+from seer.core import losses
+from seer.training.trainer import gather_with_grad
 
 TESTS = Path(__file__).parent
 
@@ -71,8 +71,8 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
     from pathlib import Path
-    from seer.config import TrainConfig
-    from seer.train import train
+    from seer.training.config import TrainConfig
+    from seer.training.train import train
     d = Path({tmp!r})
     tok = make_tokenizer()
     cfg = TrainConfig(model="tiny", data=str(d / "c.jsonl"), retain_data=str(d / "r.jsonl"),

@@ -13,13 +13,13 @@ from conftest import tiny_llama, write_concepts, write_retain
 from safetensors.torch import save_file
 
 from seer import cli
-from seer.config import TrainConfig
-from seer.data import load_concepts
+from seer.core.data import load_concepts
+from seer.core.formatting import encode, warn_truncated
+from seer.core.models import load_model
+from seer.core.run import FORMAT_VERSION
 from seer.errors import SeerError
-from seer.formatting import encode, warn_truncated
-from seer.models import load_model
-from seer.run import FORMAT_VERSION
-from seer.train import train
+from seer.training.config import TrainConfig
+from seer.training.train import train
 
 
 def _no_model(*args, **kwargs):
@@ -29,7 +29,7 @@ def _no_model(*args, **kwargs):
 @pytest.fixture
 def seer_train(tmp_path, monkeypatch):
     """``seer train --data DATA --output tmp/run ARGS``: returns (status, stderr)."""
-    monkeypatch.setattr(importlib.import_module("seer.train"), "load_model", _no_model)
+    monkeypatch.setattr(importlib.import_module("seer.training.train"), "load_model", _no_model)
 
     def run(data, *argv, capsys):
         status = cli.main(
@@ -211,7 +211,7 @@ def test_run_folder_errors(tmp_path, capsys, monkeypatch, tokenizer):
         err = capsys.readouterr().err
         assert "written by a newer seer" in err and "pip install -U seer" in err
     monkeypatch.setattr(
-        "seer.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
+        "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
     )
     other = _fake_run(tmp_path / "other")  # its base model's fingerprint is not the tiny one's
     assert cli.main(["explain", str(other), "--prompt", "hi"]) == 2

@@ -7,13 +7,13 @@ import torch
 from conftest import tiny_llama, write_concepts, write_retain
 
 from seer.cli import main as cli_main
-from seer.config import TrainConfig
+from seer.core.formatting import encode, prompt_ids
+from seer.core.layers import get_layers
+from seer.core.represent import representations
 from seer.errors import SeerError
-from seer.explain import Explainer, Monitor
-from seer.formatting import encode, prompt_ids
-from seer.layers import get_layers
-from seer.represent import representations
-from seer.train import train
+from seer.inference.explain import Explainer, Monitor
+from seer.training.config import TrainConfig
+from seer.training.train import train
 
 PROMPT = "how far away is the moon"
 
@@ -345,7 +345,7 @@ def test_bad_input(explainer):
 @pytest.fixture
 def cli(monkeypatch, tokenizer):
     monkeypatch.setattr(
-        "seer.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
+        "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
     )
     return cli_main
 

@@ -7,10 +7,10 @@ from conftest import tiny_llama
 from test_explain import PROMPT, trained_run
 from transformers import AutoModelForCausalLM
 
+from seer.core.run import load_trained
 from seer.errors import SeerError
-from seer.explain import Explainer
-from seer.export import export
-from seer.run import load_trained
+from seer.inference.explain import Explainer
+from seer.inference.export import export
 
 
 @pytest.fixture(scope="module")

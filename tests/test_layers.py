@@ -10,7 +10,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from seer.layers import StopForward, add_to_layer, capture_layers, get_layers, run_until
+from seer.core.layers import StopForward, add_to_layer, capture_layers, get_layers, run_until
 
 SMALL = dict(
     vocab_size=64,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from seer import losses
+from seer.core import losses
 
 
 def test_info_nce_matches_hand_computation():

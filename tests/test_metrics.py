@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from seer.metrics import (
+from seer.evaluation.metrics import (
     compute_prototypes,
     cosine_scores,
     disentanglement,

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from seer.refusal import LEAD_IN_PATTERNS, REFUSAL_PATTERNS, is_refusal, refusal_rate
+from seer.safety.refusal import LEAD_IN_PATTERNS, REFUSAL_PATTERNS, is_refusal, refusal_rate
 
 REFUSALS = [
     "I can't help with that.",

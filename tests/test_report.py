@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seer.metrics import compute_prototypes, disentanglement, ot_separation
-from seer.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
+from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
+from seer.evaluation.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["anger", "joy", "a rather long concept name"]

@@ -16,12 +16,12 @@ import torch
 from conftest import tiny_llama, write_concepts, write_retain
 from transformers import TrainerControl, TrainerState
 
-from seer import trainer as seer_trainer
-from seer.config import TrainConfig
+from seer.core.run import last_checkpoint, partial_dir, read_run
 from seer.errors import SeerError
-from seer.run import last_checkpoint, partial_dir, read_run
-from seer.signals import StopOnSignal
-from seer.train import train
+from seer.training import trainer as seer_trainer
+from seer.training.config import TrainConfig
+from seer.training.signals import StopOnSignal
+from seer.training.train import train
 
 STEPS = 12  # 12 training examples x 4 epochs / batch 4
 TESTS = Path(__file__).parent
@@ -30,9 +30,9 @@ SCRIPT = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
 from conftest import make_tokenizer, tiny_llama
-from seer.config import TrainConfig
-from seer.train import train
-from seer.trainer import SeerTrainer
+from seer.training.config import TrainConfig
+from seer.training.train import train
+from seer.training.trainer import SeerTrainer
 
 step = SeerTrainer.training_step
 def slow_step(self, *args, **kwargs):  # slow enough to be caught mid-run; results unchanged
@@ -167,8 +167,10 @@ def test_interrupted_after_training_keeps_every_step(tmp_path, tokenizer, refere
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    # (seer.train, the attribute, is the function; the module is looked up by name)
-    monkeypatch.setattr(importlib.import_module("seer.train"), "compute_prototypes", interrupt)
+    # (seer.training.train, the attribute, is the function; the module is looked up by name)
+    monkeypatch.setattr(
+        importlib.import_module("seer.training.train"), "compute_prototypes", interrupt
+    )
     with pytest.raises(KeyboardInterrupt):
         run_train(tokenizer, **values)
     assert last_checkpoint(values["output"]).name == f"checkpoint-{STEPS}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seer.tradeoff import (
+from seer.safety.tradeoff import (
     best_within,
     cross_fitted_stop,
     first_crossing,

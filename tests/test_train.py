@@ -5,11 +5,11 @@ import torch
 from conftest import tiny_llama
 from peft import PeftModel
 
-from seer.config import TrainConfig
+from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
-from seer.run import load_trained, read_run
-from seer.train import train
-from seer.trainer import build_pairs
+from seer.training.config import TrainConfig
+from seer.training.train import train
+from seer.training.trainer import build_pairs
 
 
 def config(tmp_path, concept_file, retain_file, **kw):

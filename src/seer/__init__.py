@@ -2,18 +2,18 @@
 
 import seer
 run = seer.train(seer.TrainConfig(data="concepts.csv", concept_column="label", output="runs/x"))
-seer.evaluate(run)
+seer.evaluation.evaluate(run)
 seer.Explainer.from_run(run).generate("...").top
 """
 
-from seer.config import TrainConfig
+from seer.core.layers import get_layers
+from seer.core.models import load_model
+from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
-from seer.evaluate import evaluate
-from seer.explain import Explainer, Explanation, Generation, Monitor
-from seer.layers import get_layers
-from seer.models import load_model
-from seer.run import load_trained, read_run
-from seer.train import train
+from seer.evaluation.evaluate import evaluate
+from seer.inference.explain import Explainer, Explanation, Generation, Monitor
+from seer.training.config import TrainConfig
+from seer.training.train import train
 
 __all__ = [
     "Explainer",

@@ -12,8 +12,8 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from seer.config import TrainConfig
 from seer.errors import SeerError
+from seer.training.config import TrainConfig
 
 __all__ = ["main"]
 
@@ -47,7 +47,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from seer.train import train
+    from seer.training.train import train
 
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
@@ -62,7 +62,7 @@ def _fmt(value: object) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from seer.evaluate import evaluate
+    from seer.evaluation.evaluate import evaluate
 
     metrics = evaluate(
         args.run,
@@ -99,13 +99,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from seer.explain import main as explain_main
+    from seer.inference.explain import main as explain_main
 
     return explain_main(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from seer.export import export
+    from seer.inference.export import export
 
     out = export(args.run, args.out, overwrite=args.overwrite)
     print(f"merged model written to {out}")
@@ -113,7 +113,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_detox(args: argparse.Namespace) -> int:
-    from seer.detox import main as detox_main
+    from seer.safety.detox import main as detox_main
 
     return detox_main(args)
 

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from seer.data import read_jsonl
+from seer.core.data import read_jsonl
 from seer.errors import SeerError
 
 __all__ = [
@@ -179,7 +179,7 @@ def load_trained(
     """
     from peft import PeftModel
 
-    from seer.models import fingerprint, load_model
+    from seer.core.models import fingerprint, load_model
 
     run = read_run(path)
     if model is None or tokenizer is None:

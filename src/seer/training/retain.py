@@ -14,10 +14,10 @@ from pathlib import Path
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from seer.data import load_table, write_jsonl
+from seer.core.data import load_table, write_jsonl
+from seer.core.models import cache_dir
 from seer.errors import SeerError
-from seer.generation import generate_replies
-from seer.models import cache_dir
+from seer.inference.generation import generate_replies
 
 __all__ = ["general_text", "instructions", "load_retain"]
 

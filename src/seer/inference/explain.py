@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seer.calibration import softmax_probabilities
+from seer.core.formatting import encode, prompt_ids
+from seer.core.layers import StopForward, _hidden, _replace_hidden, get_layers, run_until
+from seer.core.run import Run, load_trained, read_run
 from seer.errors import SeerError
-from seer.formatting import encode, prompt_ids
-from seer.layers import StopForward, _hidden, _replace_hidden, get_layers, run_until
-from seer.run import Run, load_trained, read_run
+from seer.evaluation.calibration import softmax_probabilities
 
 __all__ = ["Explainer", "Explanation", "Generation", "Monitor", "main"]
 
@@ -176,7 +176,7 @@ class Explainer:
         if (path / "adapter").is_dir():
             run, peft_model, tokenizer = load_trained(path, model=model, tokenizer=tokenizer)
             return cls(peft_model, tokenizer, run)
-        from seer.models import load_model
+        from seer.core.models import load_model
 
         run = read_run(path)
         if model is None or tokenizer is None:
@@ -273,7 +273,7 @@ class Explainer:
         """The final explanation of many prompt/response pairs, in batches, read exactly as
         :meth:`score` reads one: each concept's probability, ``[n, n_concepts]`` in
         :attr:`concepts` order (a ``None`` or empty response: the prompt alone)."""
-        from seer.represent import representations
+        from seer.core.represent import representations
 
         if len(prompts) != len(responses):
             raise SeerError(f"{len(prompts)} prompts but {len(responses)} responses: pair them")
@@ -476,7 +476,7 @@ class Explainer:
         exactly as :meth:`generate` watches one (same passes, same threshold, same steering
         vector per prompt), for serving-time monitoring and evaluations. No explanation or
         trace is kept; use :meth:`generate` for those."""
-        from seer.generation import generate_batches
+        from seer.inference.generation import generate_batches
 
         for prompt in prompts:
             _check_request(prompt, max_new_tokens)
@@ -629,7 +629,7 @@ def _requests(args: Any) -> list[dict]:
         return [{"prompt": args.prompt, "response": args.response}]
     if args.response is not None:
         raise SeerError("--response goes with --prompt; with --file, give each line a 'response'")
-    from seer.data import read_jsonl
+    from seer.core.data import read_jsonl
 
     rows = read_jsonl(args.file)
     if not rows:

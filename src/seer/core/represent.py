@@ -11,8 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from seer.formatting import Encoded, encode, pad_batch
-from seer.layers import capture_layers, run_until
+from seer.core.formatting import Encoded, encode, pad_batch
+from seer.core.layers import capture_layers, run_until
 
 __all__ = ["gather_positions", "representations"]
 

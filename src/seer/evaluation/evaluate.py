@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from seer.formatting import encode, pad_batch
-from seer.generation import generate_replies
-from seer.metrics import (
+from seer.core.formatting import encode, pad_batch
+from seer.core.represent import representations
+from seer.core.run import load_trained
+from seer.evaluation.metrics import (
     compute_prototypes,
     disentanglement,
     layer_sweep,
     ot_separation,
     probe_accuracy,
 )
-from seer.represent import representations
-from seer.retain import general_text
-from seer.run import load_trained
+from seer.inference.generation import generate_replies
+from seer.training.retain import general_text
 
 __all__ = ["evaluate", "retention"]
 
@@ -178,7 +178,7 @@ def evaluate(
 
 
 def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], layer: int) -> None:
-    from seer import report
+    from seer.evaluation import report
 
     figs = {"t-SNE of held-out representations, base vs SEER": "tsne.png"}
     report.tsne_figure(

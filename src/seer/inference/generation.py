@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from seer.formatting import prompt_ids
+from seer.core.formatting import prompt_ids
 
 __all__ = ["generate_batches", "generate_replies", "left_pad"]
 

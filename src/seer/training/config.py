@@ -9,8 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from seer.core.formatting import POSITIONS
 from seer.errors import SeerError
-from seer.formatting import POSITIONS
 
 __all__ = ["DEFAULT_TARGET_MODULES", "TrainConfig"]
 

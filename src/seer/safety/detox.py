@@ -7,7 +7,7 @@
 - degenerate: share of replies that are word salad or loops (:func:`is_degenerate`), which
   BT and XST would count as answers.
 
-The harm judge (``seer.judge``) shares no weights with the model under test; it is trained on
+The harm judge (``seer.safety.judge``) shares no weights with the model under test; it is trained on
 BeaverTails pairs whose prompts are not in the BT set, and its held-out accuracy is reported
 next to every score it gives.
 """
@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from seer.data import load_prompts
+from seer.core.data import load_prompts
 from seer.errors import SeerError
-from seer.explain import Explainer, Generation, Monitor
-from seer.refusal import is_refusal
-from seer.tradeoff import first_crossing, plot_tradeoff, stop_curve
+from seer.inference.explain import Explainer, Generation, Monitor
+from seer.safety.refusal import is_refusal
+from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
 
 __all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "main", "read_prompts"]
 
@@ -61,7 +61,7 @@ def read_prompts(path: str | Path, limit: int | None = None, seed: int = 0) -> l
 
 
 def _judge(judge_data: str, exclude: set[str], cache: Path):
-    from seer.judge import HarmJudge, train_judge
+    from seer.safety.judge import HarmJudge, train_judge
 
     if cache.is_file():
         return HarmJudge.load(cache)
@@ -154,7 +154,7 @@ class _Evaluation:
     def __init__(
         self, explainer: Explainer, bt: list[str], xst: list[str], judge: Any, out_dir: Path
     ) -> None:
-        from seer.retain import general_text
+        from seer.training.retain import general_text
 
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
         self.bt, self.xst = bt, xst
@@ -171,7 +171,7 @@ class _Evaluation:
     def retention(self) -> dict[str, Any]:
         """KL to the base model and perplexity on general text (the adapter's, measured once:
         a monitor changes only monitored generations)."""
-        from seer.evaluate import retention
+        from seer.evaluation.evaluate import retention
 
         if self._retention is None:
             ex = self.explainer
@@ -183,7 +183,7 @@ class _Evaluation:
     ) -> tuple[np.ndarray, list[bool]]:
         """Score one variant, write ``<name>.json`` and ``<name>_replies.jsonl``; returns
         which BT replies are safe and which XST replies are refusals."""
-        from seer.judge import safe_mask
+        from seer.safety.judge import safe_mask
 
         bt, xst = self.bt, self.xst
         safe = safe_mask(bt, bt_gen.replies, self.judge)

@@ -26,12 +26,12 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from seer import losses
-from seer.config import TrainConfig
+from seer.core import losses
+from seer.core.formatting import Encoded, encode, pad_batch
+from seer.core.layers import capture_layers, run_until
+from seer.core.represent import gather_positions
 from seer.errors import SeerError
-from seer.formatting import Encoded, encode, pad_batch
-from seer.layers import capture_layers, run_until
-from seer.represent import gather_positions
+from seer.training.config import TrainConfig
 
 __all__ = ["PairCollator", "PairDataset", "SeerTrainer", "build_pairs", "gather_with_grad"]
 

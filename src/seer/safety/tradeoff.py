@@ -126,7 +126,7 @@ def plot_tradeoff(
     """XST (over-refusal, x) against BT (safe answers, y) as the stop threshold falls, one
     line per named curve; the base model and other variants as marked points; with ``base``,
     the target region (BT at least 30 points up, XST at most 10 points up) shaded."""
-    from seer.report import _pyplot, _save
+    from seer.evaluation.report import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))

@@ -1,4 +1,4 @@
-"""``seer.train``: from a config to a finished run folder."""
+"""``seer.training.train``: from a config to a finished run folder."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-from seer.calibration import calibrate
-from seer.config import TrainConfig
-from seer.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
+from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
+from seer.core.formatting import warn_truncated
+from seer.core.layers import get_layers
+from seer.core.models import fingerprint, load_model
+from seer.core.represent import representations
+from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
-from seer.formatting import warn_truncated
-from seer.layers import get_layers
-from seer.metrics import compute_prototypes
-from seer.models import fingerprint, load_model
-from seer.represent import representations
-from seer.retain import general_text, load_retain
-from seer.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
-from seer.signals import StopOnSignal
-from seer.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
+from seer.evaluation.calibration import calibrate
+from seer.evaluation.metrics import compute_prototypes
+from seer.training.config import TrainConfig
+from seer.training.retain import general_text, load_retain
+from seer.training.signals import StopOnSignal
+from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
 __all__ = ["default_layer", "train"]
 

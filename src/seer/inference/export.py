@@ -36,8 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from seer.core.run import load_trained
 from seer.errors import SeerError
-from seer.run import load_trained
 
 __all__ = ["export"]
 

@@ -113,8 +113,9 @@ def layer_sweep_figure(
 ) -> Path:
     """One subplot per metric, x = layer, one line per model; dashed line at ``target_layer``.
 
-    ``sweep`` maps a model name to the output of :func:`seer.metrics.layer_sweep` (layer keys
-    may be ints or, after a JSON round trip, strings).
+    ``sweep`` maps a model name to the output of
+    :func:`seer.evaluation.metrics.layer_sweep` (layer keys may be ints or, after a JSON round
+    trip, strings).
     """
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
