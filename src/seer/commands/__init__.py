@@ -1,0 +1,1 @@
+"""One module per subcommand: its config dataclass and a thin main()."""
