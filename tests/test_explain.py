@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, write_concepts, write_retain
+from conftest import PROMPT, tiny_llama
 
 from seer.cli import main as cli_main
 from seer.core.formatting import encode, prompt_ids
@@ -12,35 +12,11 @@ from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
 from seer.inference.explain import Explainer, Monitor
-from seer.training.config import TrainConfig
-from seer.training.train import train
-
-PROMPT = "how far away is the moon"
-
-
-def trained_run(tmp_path_factory, tokenizer):
-    """One tiny run per test session (shared with test_export.py); never modified by tests."""
-    root = tmp_path_factory.getbasetemp() / "explain-run"
-    if not (root / "run" / "seer.json").is_file():
-        root.mkdir(exist_ok=True)
-        config = TrainConfig(
-            model="tiny",
-            data=str(write_concepts(root / "concepts.jsonl")),
-            retain_data=str(write_retain(root / "retain.jsonl")),
-            output=str(root / "run"),
-            epochs=2,
-            batch_size=4,
-            layer=1,
-            test_fraction=0.34,
-            overwrite=True,
-        )
-        train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
-    return root / "run"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tokenizer):
-    return trained_run(tmp_path_factory, tokenizer)
+def run_dir(trained_run):
+    return trained_run
 
 
 def make_explainer(path, tokenizer):

@@ -1,0 +1,223 @@
+"""The subcommands: parsers generated from their config dataclasses, help texts, and the
+option checks that must run before a model is loaded or anything is written."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import pytest
+from conftest import BENIGN, HARMFUL, needs_minilm, tiny_llama
+
+from seer import cli
+from seer.commands.options import add_arguments, from_namespace, option
+from seer.training.config import TrainConfig
+
+SUBCOMMANDS = ("train", "evaluate", "explain", "export", "detox-eval")
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def _error(status_and_err: tuple[int, str]) -> str:
+    status, err = status_and_err
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+    return lines[0]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    status = cli.main(argv)
+    return status, capsys.readouterr().err
+
+
+# --- help ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_shows_every_default_and_the_global_flags(name, capsys):
+    parser = _subparsers()[name]
+    for action in _options(parser):
+        if action.dest in ("debug", "quiet"):
+            continue
+        assert "(default: " in (action.help or ""), f"seer {name} {action.option_strings[0]}"
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    text = capsys.readouterr().out
+    assert "--debug" in text and "--quiet" in text
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_texts_quote_no_figures(name):
+    """Measured figures go stale: help texts point at docs/results.md instead."""
+    figure = re.compile(r"\d+\.\d+|\d+e-\d+|%|\bpoints\b|\+\d+")
+    for action in _options(_subparsers()[name]):
+        text = (action.help or "").split(" (default: ")[0]
+        assert not figure.search(text), f"seer {name} {action.option_strings[0]}: {text}"
+
+
+def test_train_help_lists_choices_and_constraints():
+    options = {a.dest: a for a in _options(_subparsers()["train"])}
+    assert list(options["objective"].choices) == ["paper", "supcon"]
+    assert set(options["positions"].choices) == {"last", "user_end"}
+    assert re.search(r"supcon.*2 or more|2 or more.*supcon", options["batch_size"].help)
+    assert "'text'" in options["retain_data"].help
+
+
+def test_detox_eval_help_shows_the_data_paths():
+    options = {a.dest: a for a in _options(_subparsers()["detox-eval"])}
+    for dest, name in (
+        ("harmful", "beavertails_harmful.csv"),
+        ("xstest", "xstest_v2_prompts.csv"),
+        ("judge_data", "beavertails_binary.csv"),
+    ):
+        assert name in options[dest].help
+
+
+# --- the parser generator ------------------------------------------------------------------
+@dataclass
+class Sample:
+    path: str = option(help="a positional")
+    modes: list[Literal["a", "b"]] = option(["a"], "modes")
+    size: int | None = option(None, "optional size")
+    probs: tuple[float, float] = option((0.5, 0.5), "two numbers")
+    names: tuple[str, ...] = option(("x",), "names")
+    flag: bool = option(False, "a flag, 100%% sure")
+
+
+def _parse(cls: type, argv: list[str]):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    return from_namespace(cls, parser.parse_args(argv))
+
+
+def test_parser_maps_types_from_annotations():
+    got = _parse(Sample, ["p", "--modes", "b", "a", "--size", "3", "--probs", "0.1", "0.9"])
+    assert got == Sample("p", ["b", "a"], 3, (0.1, 0.9), ("x",), False)
+    got = _parse(Sample, ["p", "--names", "u", "v", "--flag"])
+    assert got.names == ("u", "v") and got.flag and got.size is None and got.modes == ["a"]
+    assert _parse(Sample, ["p", "--no-flag"]).flag is False
+    with pytest.raises(SystemExit):
+        _parse(Sample, ["p", "--modes", "c"])  # not a choice
+    with pytest.raises(SystemExit):
+        _parse(Sample, ["p", "--probs", "0.1"])  # exactly two
+
+
+def test_parser_refuses_a_type_it_cannot_map():
+    @dataclass
+    class Bad:
+        table: dict = option({}, "no command-line form")
+
+    with pytest.raises(TypeError, match="Bad.table"):
+        add_arguments(argparse.ArgumentParser(), Bad)
+
+
+def test_every_train_config_field_is_an_option():
+    """A field added to TrainConfig gets its option with no change to the CLI."""
+    options = {a.dest for a in _options(_subparsers()["train"])}
+    assert {f.name for f in fields(TrainConfig)} <= options
+
+    @dataclass
+    class Extended(TrainConfig):
+        new_knob: int = option(7, "a field added later")
+
+    got = _parse(Extended, ["--new-knob", "9", "--epochs", "3"])
+    assert got.new_knob == 9 and got.epochs == 3 and isinstance(got, TrainConfig)
+
+
+# --- checks before anything runs -----------------------------------------------------------
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_detox_eval_refuses_a_limit_below_one(tmp_path, limit, capsys):
+    line = _error(_run(["detox-eval", str(tmp_path / "run"), "--limit", limit], capsys))
+    assert "--limit" in line and limit in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["explain", "RUN", "--prompt", "hi", "--threshold", "0.9"],
+        ["explain", "RUN", "--prompt", "hi", "--reply-end"],
+        ["detox-eval", "RUN", "--threshold", "0.9"],
+    ],
+)
+def test_monitor_options_without_a_monitor_are_refused(tmp_path, argv, capsys):
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    line = _error(_run(argv, capsys))
+    assert "--monitor" in line and "no effect" in line
+
+
+def _csv(path, header, rows) -> str:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def detox_inputs(tmp_path, trained_run, tokenizer, monkeypatch):
+    """A copy of the tiny run, the tiny model in place of its base, and small BT, XSTest and
+    judge files."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    monkeypatch.setattr(
+        "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
+    )
+    bt = _csv(tmp_path / "bt.csv", ["prompt"], [[p] for p, _ in HARMFUL[:5]])
+    xst = _csv(tmp_path / "xst.csv", ["prompt"], [[f"how do I kill process {i}"] for i in range(4)])
+    rows = [[p, r, False] for p, r in HARMFUL] + [[p, r, True] for p, r in BENIGN]
+    judge = _csv(tmp_path / "judge.csv", ["prompt", "response", "is_safe"], rows)
+    argv = ["detox-eval", str(run), "--harmful", bt, "--xstest", xst, "--judge-data", judge]
+    return run, argv
+
+
+def test_detox_eval_refuses_judge_data_with_the_wrong_columns(detox_inputs, tmp_path, capsys):
+    run, argv = detox_inputs
+    bad = _csv(tmp_path / "bad.csv", ["prompt", "answer", "label"], [["q", "a", "1"]])
+    at = argv.index("--judge-data") + 1
+    line = _error(_run([*argv[:at], bad, *argv[at + 1 :]], capsys))
+    assert "is_safe" in line and "bad.csv" in line
+    assert not (run / "detox").exists()
+
+
+@pytest.mark.parametrize("option_name", ["--harmful", "--xstest", "--judge-data"])
+def test_detox_eval_checks_its_data_before_writing(detox_inputs, tmp_path, option_name, capsys):
+    run, argv = detox_inputs
+    at = argv.index(option_name) + 1
+    missing = str(tmp_path / "missing.csv")
+    line = _error(_run([*argv[:at], missing, *argv[at + 1 :]], capsys))
+    assert "missing.csv" in line and option_name in line
+    assert not (run / "detox").exists()
+
+
+@needs_minilm
+def test_detox_eval_skip_base_refuses_a_base_made_with_other_settings(detox_inputs, capsys):
+    run, argv = detox_inputs
+    argv += ["--limit", "3", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 0
+    base = json.loads((run / "detox" / "base.json").read_text())
+    capsys.readouterr()
+    for changed, word in (
+        (["--max-new-tokens", "3"], "--max-new-tokens"),
+        (["--seed", "1"], "prompts"),
+    ):
+        line = _error(_run([*argv, "--skip-base", *changed], capsys))
+        assert word in line and "--skip-base" in line
+    # The same settings reuse it; a base.json that does not say its settings is refused.
+    assert cli.main([*argv, "--skip-base"]) == 0
+    del base["settings"]
+    (run / "detox" / "base.json").write_text(json.dumps(base))
+    capsys.readouterr()
+    line = _error(_run([*argv, "--skip-base"], capsys))
+    assert "base.json" in line and "--skip-base" in line
