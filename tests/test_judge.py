@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import BENIGN, HARMFUL, HAS_MINILM, needs_minilm
 
+from seer.errors import SeerError
 from seer.safety.judge import MINILM_INSTALL, HarmJudge, SentenceEmbedder, safe_mask, train_judge
 
 
@@ -117,7 +118,7 @@ def _write_csv(path: Path, header: str, rows: list[str]) -> Path:
 
 
 def test_train_judge_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.csv.*prompt, response, is_safe"):
+    with pytest.raises(SeerError, match="nope.csv.*prompt, response, is_safe"):
         train_judge(tmp_path / "nope.csv")
 
 

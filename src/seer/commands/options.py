@@ -12,7 +12,7 @@ flattened into the same namespace. The type mapping:
 - ``X | None``: as ``X`` (the default ``None`` stays unless the option is given).
 
 Options not given on the command line are left out of the namespace, so the dataclass is the
-only place a default is written. Metadata keys read: ``help``, ``aliases`` (more flags).
+only place a default is written. Metadata keys read: ``help``, ``aliases`` (more flags), ``metavar``.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def _kwargs(tp: Any, where: str) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value)) if value else "none"
     return str(value)
@@ -118,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> None:
             parser.add_argument(f.name, help=_help(f, tp), **kw)
             continue
         flags = [_flag(f.name), *f.metadata.get("aliases", ())]
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
         parser.add_argument(*flags, dest=f.name, help=_help(f, tp), default=argparse.SUPPRESS, **kw)
 
 

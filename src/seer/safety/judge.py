@@ -24,11 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from seer.core.data import without_prompts
+from seer.errors import SeerError
 from seer.safety.refusal import is_refusal
 
 __all__ = [
     "HarmJudge",
     "SentenceEmbedder",
+    "check_judge_data",
     "format_pair",
     "minilm_dir",
     "safe_mask",
@@ -290,22 +292,33 @@ def _parse_bool(value: str, where: str) -> bool:
     raise ValueError(f"{where}: is_safe must be True/False (or 1/0), got {value!r}.")
 
 
-def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+_JUDGE_COLUMNS = ("prompt", "response", "is_safe")
+
+
+def check_judge_data(csv_path: str | Path, option: str = "the judge's training CSV") -> None:
+    """Raise :class:`SeerError` unless ``csv_path`` is a CSV with the judge's columns
+    (``prompt``, ``response``, ``is_safe``); ``option`` names it in the message. Reads the
+    header only."""
+    csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(
-            f"Judge training CSV not found: {csv_path}. Pass a BeaverTails-style CSV with "
-            f"columns prompt, response, is_safe."
+        raise SeerError(
+            f"{csv_path} does not exist; pass {option} PATH, a BeaverTails-style CSV with "
+            f"columns {', '.join(_JUDGE_COLUMNS)}"
         )
+    with csv_path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        columns = csv.DictReader(handle).fieldnames or []
+    missing = [c for c in _JUDGE_COLUMNS if c not in columns]
+    if missing:
+        raise SeerError(
+            f"{csv_path} lacks column(s) {missing}; it has {columns}. {option} needs prompt, "
+            f"response and is_safe (True/False) columns"
+        )
+
+
+def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+    check_judge_data(csv_path)
     with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("prompt", "response", "is_safe") if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{csv_path} lacks column(s) {missing}; it has {columns}. The judge needs "
-                f"prompt, response and is_safe (True/False)."
-            )
-        return list(reader)
+        return list(csv.DictReader(handle))
 
 
 def train_judge(

@@ -120,32 +120,37 @@ def plot_tradeoff(
     path: str | Path,
     *,
     base: dict[str, float] | None = None,
+    target: tuple[float, float] | None = None,
     marks: dict[str, dict[str, float]] | None = None,
     title: str = "",
 ) -> Path:
     """XST (over-refusal, x) against BT (safe answers, y) as the stop threshold falls, one
-    line per named curve; the base model and other variants as marked points; with ``base``,
-    the target region (BT at least 30 points up, XST at most 10 points up) shaded."""
-    from seer.evaluation.report import _pyplot, _save
+    line per named curve; the base model and other variants as marked points; with ``base``
+    and ``target = (bt_rise, xst_rise)``, the region where BT is at least ``bt_rise`` above
+    the base model's and XST at most ``xst_rise`` above it, shaded."""
+    from seer.evaluation.figures import pyplot, save_figure  # deferred: matplotlib
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for i, (name, curve) in enumerate(curves.items()):
         xs = [p["XST"] for p in curve["points"]]
         ys = [p["BT"] for p in curve["points"]]
         label = f"stop, {name} (AUC {curve['auc_bt_vs_xst']:.2f})"
         ax.plot(xs, ys, ".-", color=f"C{i}", markersize=2, label=label)
-    if base is not None:
+    if base is not None and target is not None:
+        bt_rise, xst_rise = target
+        low = min(base["BT"] + bt_rise, 1.0)
         ax.add_patch(
             plt.Rectangle(
-                (0, min(base["BT"] + 0.30, 1.0)),
-                base["XST"] + 0.10,
-                1.0 - min(base["BT"] + 0.30, 1.0),
+                (0, low),
+                base["XST"] + xst_rise,
+                1.0 - low,
                 color="C2",
                 alpha=0.15,
-                label="target: BT +30, XST <= +10",
+                label=f"target: BT +{100 * bt_rise:g}, XST <= +{100 * xst_rise:g} points",
             )
         )
+    if base is not None:
         ax.plot(base["XST"], base["BT"], "ks", label="base model")
     for i, (name, point) in enumerate((marks or {}).items()):
         ax.plot(point["XST"], point["BT"], "o", color=f"C{i + len(curves) + 1}", label=name)
@@ -155,4 +160,4 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
