@@ -33,9 +33,9 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def _error(status_and_err: tuple[int, str]) -> str:
     status, err = status_and_err
-    assert status == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+    assert status == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("seer: error: ")]
+    assert len(lines) == 1, err
     return lines[0]
 
 
@@ -221,3 +221,23 @@ def test_detox_eval_skip_base_refuses_a_base_made_with_other_settings(detox_inpu
     capsys.readouterr()
     line = _error(_run([*argv, "--skip-base"], capsys))
     assert "base.json" in line and "--skip-base" in line
+
+
+# --- shared helpers ------------------------------------------------------------------------
+def test_length_batches_sort_stably_and_unbatch_restores_order():
+    import numpy as np
+
+    from seer.core.batching import length_batches, unbatch
+
+    lengths = [3, 1, 3, 2, 1]
+    assert length_batches(lengths, 2) == [[1, 4], [3, 0], [2]]
+    assert length_batches(lengths, 3, longest_first=True) == [[0, 2, 3], [1, 4]]
+    batches = length_batches(lengths, 2)
+    chunks = [np.array([[float(i)] for i in b]) for b in batches]  # each row: its position
+    assert unbatch(chunks, batches)[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_group_by_concept_sorts_concepts_and_keeps_item_order():
+    from seer.core.data import group_by_concept
+
+    assert group_by_concept(["b", "a", "b", "c", "a"]) == {"a": [1, 4], "b": [0, 2], "c": [3]}

@@ -12,7 +12,8 @@ flattened into the same namespace. The type mapping:
 - ``X | None``: as ``X`` (the default ``None`` stays unless the option is given).
 
 Options not given on the command line are left out of the namespace, so the dataclass is the
-only place a default is written. Metadata keys read: ``help``, ``aliases`` (more flags), ``metavar``.
+only place a default is written. Metadata keys read: ``help``, ``aliases`` (more flags),
+``metavar``.
 """
 
 from __future__ import annotations

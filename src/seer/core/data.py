@@ -26,6 +26,7 @@ __all__ = [
     "load_prompts",
     "load_table",
     "read_jsonl",
+    "group_by_concept",
     "split_examples",
     "without_prompts",
     "write_jsonl",
@@ -310,12 +311,9 @@ def _cap(examples: list[Example], per_concept: int, seed: int) -> list[Example]:
     if per_concept < 2:
         raise SeerError(f"--max-per-concept must be at least 2, got {per_concept}")
     rng = random.Random(seed)
-    by_concept: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_concept.setdefault(ex["concept"], []).append(ex)
     kept = []
-    for concept in sorted(by_concept):
-        items = by_concept[concept]
+    for indices in group_by_concept([ex["concept"] for ex in examples]).values():
+        items = [examples[i] for i in indices]
         kept.extend(rng.sample(items, min(per_concept, len(items))))
     return kept
 
@@ -328,12 +326,9 @@ def split_examples(
     if not 0 < test_fraction < 1:
         raise SeerError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     rng = random.Random(seed)
-    by_concept: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_concept.setdefault(ex["concept"], []).append(ex)
     train, test = [], []
-    for concept in sorted(by_concept):
-        items = list(by_concept[concept])
+    for concept, indices in group_by_concept([ex["concept"] for ex in examples]).items():
+        items = [examples[i] for i in indices]
         rng.shuffle(items)
         n_test = max(1, round(len(items) * test_fraction))
         if len(items) - n_test < 2:
@@ -345,6 +340,15 @@ def split_examples(
         test.extend(items[:n_test])
         train.extend(items[n_test:])
     return train, test
+
+
+def group_by_concept(concepts: Sequence[str]) -> dict[str, list[int]]:
+    """The positions of each concept's items in ``concepts``, in order, under the concepts
+    sorted by name (the one grouping the data split, the caps and the pair schedule use)."""
+    groups: dict[str, list[int]] = {}
+    for i, concept in enumerate(concepts):
+        groups.setdefault(concept, []).append(i)
+    return {concept: groups[concept] for concept in sorted(groups)}
 
 
 def _needed(test_fraction: float) -> int:

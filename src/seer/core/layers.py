@@ -20,7 +20,6 @@ __all__ = [
     "add_to_layer",
     "capture_layers",
     "get_layers",
-    "num_layers",
     "run_until",
 ]
 
@@ -79,10 +78,6 @@ def get_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleLis
         f"(tried {', '.join(LAYER_PATHS)}). "
         "Pass layers_path='<dotted.path.to.ModuleList>' (--layers-path on the CLI)."
     )
-
-
-def num_layers(model: nn.Module, layers_path: str | None = None) -> int:
-    return len(get_layers(model, layers_path))
 
 
 def _hidden(output: object) -> torch.Tensor:

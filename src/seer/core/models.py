@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -26,6 +27,7 @@ __all__ = [
     "cache_dir",
     "context_length",
     "embedded_model_dir",
+    "ensure_pad_token",
     "fingerprint",
     "load_model",
 ]
@@ -143,12 +145,19 @@ def load_model(
             "seer works offline (it never downloads weights). Pass a local path to a model folder, "
             "or --model embedded."
         ) from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     model.to(device)
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give ``tokenizer`` a pad token (its end-of-sequence token) if it has none; seer pads
+    on the left and masks padding, so which token pads does not change any result."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def fingerprint(model: torch.nn.Module) -> str:

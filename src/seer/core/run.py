@@ -179,7 +179,7 @@ def load_trained(
     """
     from peft import PeftModel
 
-    from seer.core.models import fingerprint, load_model
+    from seer.core.models import ensure_pad_token, fingerprint, load_model
 
     run = read_run(path)
     if model is None or tokenizer is None:
@@ -191,8 +191,7 @@ def load_trained(
             f"{run.meta['base_fingerprint']}), but the base model given has fingerprint {found}: "
             "its adapter fits only its own base model; load that one (same weights and revision)"
         )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     if not (run.path / "adapter" / "adapter_config.json").is_file():
         raise SeerError(f"{run.path / 'adapter'} is missing or incomplete; train the run again")
     peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))

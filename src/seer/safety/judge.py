@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from seer.core.batching import length_batches, unbatch
 from seer.core.data import without_prompts
 from seer.errors import SeerError
 from seer.safety.refusal import is_refusal
@@ -96,19 +97,20 @@ class SentenceEmbedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         # Longest first, so each batch pads to similar lengths (as sentence-transformers does).
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        texts = [texts[i] for i in order]
-        starts = range(0, len(texts), batch_size)
+        batches = length_batches([len(t) for t in texts], batch_size, longest_first=True)
+        steps: Any = batches
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="embedding", unit="batch")
-        out = [np.zeros((0, self.dim), dtype=np.float32)]
+            steps = tqdm(batches, desc="embedding", unit="batch")
+        out = []
         with torch.no_grad():
-            for start in starts:
+            for idx in steps:
                 batch = self.tokenizer(
-                    texts[start : start + batch_size],
+                    [texts[i] for i in idx],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
@@ -119,10 +121,7 @@ class SentenceEmbedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out.append(pooled.float().cpu().numpy())
-        embeddings = np.concatenate(out)
-        result = np.empty_like(embeddings)
-        result[order] = embeddings
-        return result
+        return unbatch(out, batches)
 
 
 def format_pair(prompt: str, response: str) -> str:

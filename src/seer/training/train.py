@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
-from seer.core.models import fingerprint, load_model
+from seer.core.models import ensure_pad_token, fingerprint, load_model
 from seer.core.represent import representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
@@ -126,8 +126,7 @@ def train(
         _check_same_config(config, partial, write=False)
     if model is None or tokenizer is None:
         model, tokenizer = load_model(config.model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     n_layers = len(get_layers(model, config.layers_path))
     layer = default_layer(n_layers) if config.layer is None else config.layer
     if not 0 <= layer < n_layers:
