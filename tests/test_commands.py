@@ -241,3 +241,15 @@ def test_group_by_concept_sorts_concepts_and_keeps_item_order():
     from seer.core.data import group_by_concept
 
     assert group_by_concept(["b", "a", "b", "c", "a"]) == {"a": [1, 4], "b": [0, 2], "c": [3]}
+
+
+def test_replacing_a_file_is_all_or_nothing(tmp_path):
+    from seer.core.files import replacing, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "a" / "f.json", "old")
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["f.json"]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and len(list(path.parent.iterdir())) == 1

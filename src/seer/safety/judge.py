@@ -25,6 +25,7 @@ import numpy as np
 
 from seer.core.batching import length_batches, unbatch
 from seer.core.data import without_prompts
+from seer.core.files import write_text_atomic
 from seer.errors import SeerError
 from seer.safety.refusal import is_refusal
 
@@ -252,9 +253,7 @@ class HarmJudge:
 
     def save(self, path: str | Path) -> Path:
         """Write the head and its metadata as JSON (no pickle); return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path = write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
         logger.info("Saved harm judge to %s", path)
         return path
 
