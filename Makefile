@@ -1,4 +1,4 @@
-# Mirrors what CI runs (.ci/run calls `make test`).
+# Mirrors what CI runs (.ci/run calls `make lint`, then `make test`).
 PY ?= python3
 PIP = $(PY) -m pip
 SHARED ?= ../shared/data
@@ -21,6 +21,7 @@ test-fast: install
 lint:
 	ruff check src tests bench
 	ruff format --check src tests bench
+	$(PY) -m mypy
 
 # Train on BeaverTails' 6 safety concepts with the embedded SmolLM2, then evaluate base vs SEER.
 demo: install

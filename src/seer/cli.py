@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 from seer.commands.options import add_arguments, from_namespace
@@ -32,12 +33,12 @@ def _commands() -> list[ModuleType]:
     return found
 
 
-def _runner(module: ModuleType):
+def _runner(module: ModuleType) -> Callable[[argparse.Namespace], int]:
     """The parsed options as ``module``'s config (validated there), passed to its main."""
 
     def run(args: argparse.Namespace) -> int:
         config = from_namespace(module.Config, args)
-        return module.main(config, progress=not args.quiet)
+        return int(module.main(config, progress=not args.quiet))
 
     return run
 

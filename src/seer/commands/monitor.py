@@ -16,7 +16,7 @@ __all__ = ["MonitorOptions"]
 
 
 def _default(f: Field) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return f.default if f.default_factory is MISSING else f.default_factory()
 
 
 Mode = Literal["off", "stop", "steer", "watch"]
@@ -96,7 +96,7 @@ class MonitorOptions:
             raise SeerError(
                 "--monitor needs --concept, the concept to watch (e.g. --concept unsafe)"
             )
-        extra = {"refusal": self.refusal} if self.refusal else {}
+        extra: dict[str, Any] = {"refusal": self.refusal} if self.refusal else {}
         return [
             Monitor(
                 concept,  # type: ignore[arg-type]  # checked above

@@ -266,7 +266,7 @@ def load_concepts(
                 f"{c}: {n}" for c, n in sorted(Counter(e["concept"] for e in examples).items())
             ),
         )
-    _warn_similar_labels(ex["concept"] for ex in examples)
+    _warn_similar_labels(str(ex["concept"]) for ex in examples)
     if max_per_concept is not None:
         examples = _cap(examples, max_per_concept, seed)
     counts = Counter(ex["concept"] for ex in examples)

@@ -68,7 +68,7 @@ def embedded_model_dir() -> Path:
         raise SeerError(f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}")
     logger.info("converting %s to safetensors under %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     # A GGUF-loaded model carries a quantization_config that save_pretrained refuses;
@@ -146,7 +146,7 @@ def load_model(
             "or --model embedded."
         ) from exc
     ensure_pad_token(tokenizer)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to as a decorator
     model.eval()
     model.config.use_cache = False
     return model, tokenizer

@@ -172,7 +172,7 @@ def finalize(partial: Path, output: str | Path) -> Path:
 
 def load_trained(
     path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
-):
+) -> tuple[Run, Any, Any]:
     """Load a run folder: ``(run, peft_model, tokenizer)``, checking the base model's fingerprint.
 
     ``model``/``tokenizer`` may be given (the run's base model, already loaded) to skip loading.

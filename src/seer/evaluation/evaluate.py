@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def retention(
-    peft_model, tokenizer, texts: list[dict], batch_size: int = 8, max_length: int = 512
+    peft_model: Any, tokenizer: Any, texts: list[dict], batch_size: int = 8, max_length: int = 512
 ) -> dict:
     """Capability retention on general text: ``KL(base || seer)`` of next-token distributions
     (nats per real token) and the perplexity of each model on the responses."""
@@ -76,7 +76,12 @@ def retention(
 
 
 def _scores(
-    train_x, y_train, test_x, y_test, prototypes: tuple[list[str], np.ndarray] | None, seed: int
+    train_x: np.ndarray,
+    y_train: list[str],
+    test_x: np.ndarray,
+    y_test: list[str],
+    prototypes: tuple[list[str], np.ndarray] | None,
+    seed: int,
 ) -> dict:
     names, protos = prototypes if prototypes is not None else compute_prototypes(train_x, y_train)
     out: dict[str, Any] = disentanglement(test_x, y_test, names, protos)

@@ -10,6 +10,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def _cell(text: str) -> str:
     return text.replace("\n", "<br>")
 
 
-def _lookup(d: Mapping, dotted: str) -> object:
+def _lookup(d: Mapping, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(d, Mapping) or part not in d:
             return None

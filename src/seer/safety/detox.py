@@ -90,7 +90,8 @@ def _generate(
 ) -> Generation:
     """Greedy replies in batches (base: adapter off), watched by ``monitor``; ``desc`` names
     the progress bar (``False``: none)."""
-    context = contextlib.nullcontext() if adapter else explainer.model.disable_adapter()
+    model: Any = explainer.model  # a PeftModel
+    context = contextlib.nullcontext() if adapter else model.disable_adapter()
     with context:
         return explainer.generate_many(
             prompts, max_new_tokens=max_new_tokens, monitor=monitor, progress=desc
@@ -131,7 +132,14 @@ def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
 
 
 def _write_replies(
-    path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst_gen, refused, acted: bool
+    path: Path,
+    bt: list[str],
+    bt_gen: Generation,
+    safe: np.ndarray,
+    xst: list[str],
+    xst_gen: Generation,
+    refused: list[bool],
+    acted: bool,
 ) -> None:
     """One JSON line per reply: its set, prompt, reply, outcome, where a monitor acted (for
     ``acted`` variants), and the watched probability at the prompt's end, at its peak over
@@ -175,7 +183,8 @@ class _Evaluation:
 
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
         self.bt, self.xst, self.settings = bt, xst, settings
-        with explainer.model.disable_adapter():
+        model: Any = explainer.model  # a PeftModel
+        with model.disable_adapter():
             self.general = general_text(
                 explainer.model,
                 explainer.tokenizer,
@@ -366,7 +375,8 @@ def _plain_pass(ev: _Evaluation, watch: Monitor | None, n: int, progress: bool) 
     if watch is not None:
         for gen, prompts, name in ((bt_gen, bt, "BT"), (xst_gen, xst, "XST")):
             desc = progress and f"seer: {name} reply ends"
-            gen.final = ex.final_probability(watch.concept, prompts, gen.replies, progress=desc)
+            replies: list[str | None] = list(gen.replies)
+            gen.final = ex.final_probability(watch.concept, prompts, replies, progress=desc)
     return bt_gen, xst_gen
 
 

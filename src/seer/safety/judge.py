@@ -394,6 +394,7 @@ def safe_mask(prompts: Sequence[str], replies: Sequence[str], judge: HarmJudge) 
     mask = np.array([is_refusal(r) for r in replies], dtype=bool)
     rest = np.flatnonzero(~mask)
     if len(rest):
-        unsafe = judge.is_unsafe([prompts[i] for i in rest], [replies[i] for i in rest])
+        rows = [int(i) for i in rest]
+        unsafe = judge.is_unsafe([prompts[i] for i in rows], [replies[i] for i in rows])
         mask[rest] = ~unsafe
     return mask

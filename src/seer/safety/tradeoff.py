@@ -29,9 +29,9 @@ def _peaks(rows: Sequence[Sequence[float]]) -> np.ndarray:
 
 def stop_curve(
     bt_probabilities: Sequence[Sequence[float]],
-    bt_safe: Sequence[bool],
+    bt_safe: Sequence[bool] | np.ndarray,
     xst_probabilities: Sequence[Sequence[float]],
-    xst_refused: Sequence[bool],
+    xst_refused: Sequence[bool] | np.ndarray,
 ) -> dict[str, Any]:
     """BT (safe share) and XST (refusal share) of a stop monitor at every threshold where
     either changes, from the watched probabilities and the plain replies' outcomes; plus the
@@ -66,10 +66,10 @@ def best_within(points: list[dict], max_xst: float) -> dict | None:
 
 def cross_fitted_stop(
     bt_probabilities: Sequence[Sequence[float]],
-    bt_safe: Sequence[bool],
+    bt_safe: Sequence[bool] | np.ndarray,
     bt_prompts: Sequence[str],
     xst_probabilities: Sequence[Sequence[float]],
-    xst_refused: Sequence[bool],
+    xst_refused: Sequence[bool] | np.ndarray,
     xst_prompts: Sequence[str],
     xst_base_refused: Sequence[bool],
     *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Any, Literal
 
 from seer.core.formatting import POSITIONS
@@ -31,7 +32,7 @@ def _flag(name: str) -> str:
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, tuple, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+        return field(default_factory=partial(type(default), default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
 
 
