@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from seer.commands.monitor import MonitorOptions
 from seer.commands.options import option
+from seer.core.data import read_jsonl
 from seer.errors import SeerError
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ def requests(config: ExplainConfig) -> list[dict]:
     model is loaded."""
     if config.file is None:
         return [{"prompt": config.prompt, "response": config.response}]
-    from seer.core.data import read_jsonl  # deferred: torch
-
     rows = read_jsonl(config.file)
     if not rows:
         raise SeerError(f"{config.file} holds no prompts; write one JSON object a line")

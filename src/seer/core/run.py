@@ -179,7 +179,7 @@ def load_trained(
     """
     from peft import PeftModel
 
-    from seer.core.models import ensure_pad_token, fingerprint, load_model
+    from seer.core.models import ensure_pad_token, fingerprint, load_model  # deferred: transformers
 
     run = read_run(path)
     if model is None or tokenizer is None:

@@ -183,7 +183,7 @@ def evaluate(
 
 
 def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], layer: int) -> None:
-    from seer.evaluation import report
+    from seer.evaluation import report  # deferred: matplotlib and t-SNE, only with figures
 
     figs = {"t-SNE of held-out representations, base vs SEER": "tsne.png"}
     report.tsne_figure(

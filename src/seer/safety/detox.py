@@ -28,9 +28,12 @@ import numpy as np
 
 from seer.core.data import load_prompts
 from seer.errors import SeerError
+from seer.evaluation.evaluate import retention
 from seer.inference.explain import Explainer, Generation, Monitor
+from seer.safety.judge import HarmJudge, check_judge_data, safe_mask, train_judge
 from seer.safety.refusal import is_refusal
 from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
+from seer.training.retain import general_text
 
 if TYPE_CHECKING:
     from seer.commands.detox_eval import DetoxConfig
@@ -71,8 +74,6 @@ def read_prompts(
 
 
 def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> Any:
-    from seer.safety.judge import HarmJudge, train_judge
-
     if cache.is_file():
         return HarmJudge.load(cache)
     judge = train_judge(judge_data, exclude_prompts=exclude, progress=progress)
@@ -179,8 +180,6 @@ class _Evaluation:
         out_dir: Path,
         settings: dict[str, Any],
     ) -> None:
-        from seer.training.retain import general_text
-
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
         self.bt, self.xst, self.settings = bt, xst, settings
         model: Any = explainer.model  # a PeftModel
@@ -198,8 +197,6 @@ class _Evaluation:
     def retention(self) -> dict[str, Any]:
         """KL to the base model and perplexity on general text (the adapter's, measured once:
         a monitor changes only monitored generations)."""
-        from seer.evaluation.evaluate import retention
-
         if self._retention is None:
             ex = self.explainer
             self._retention = retention(ex.model, ex.tokenizer, self.general)
@@ -210,8 +207,6 @@ class _Evaluation:
     ) -> tuple[np.ndarray, list[bool]]:
         """Score one variant, write ``<name>.json`` and ``<name>_replies.jsonl``; returns
         which BT replies are safe and which XST replies are refusals."""
-        from seer.safety.judge import safe_mask
-
         bt, xst = self.bt, self.xst
         safe = safe_mask(bt, bt_gen.replies, self.judge)
         refused = [is_refusal(r) for r in xst_gen.replies]
@@ -359,8 +354,6 @@ def _reusable_base(path: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
 def _inputs(config: DetoxConfig) -> tuple[list[str], list[str], set[str]]:
     """The BT and XSTest prompts and the prompts kept out of the judge's training, every
     data file checked before anything is loaded or written."""
-    from seer.safety.judge import check_judge_data
-
     bt = read_prompts(config.harmful, config.limit, config.seed, "--harmful PATH")
     xst = read_prompts(config.xstest, config.limit, config.seed, "--xstest PATH")
     check_judge_data(config.judge_data, "--judge-data")
