@@ -50,13 +50,8 @@ class ExplainConfig:
                 f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, "
                 f"got {self.max_new_tokens}"
             )
-        modes = self.monitor.modes
-        if len(modes) > 1 or (modes and len(self.monitor.threshold) > 1):
-            raise SeerError(
-                "seer explain runs one monitor: pass one --monitor mode and one --threshold "
-                "(seer detox-eval compares several)"
-            )
-        if modes and self.response is not None:
+        self.monitor.check_single("seer explain")
+        if self.monitor.modes and self.response is not None:
             raise SeerError("--monitor acts while a reply is generated: drop --response to use it")
         if self.file is not None and self.response is not None:
             raise SeerError(
@@ -126,8 +121,7 @@ def main(config: ExplainConfig, *, progress: bool = True) -> int:
     from seer.inference.explain import Explainer  # deferred: torch and transformers
 
     rows = requests(config)
-    monitors = config.monitor.monitors()
-    monitor = monitors[0] if monitors else None
+    monitor = config.monitor.single()
     explainer = Explainer.from_run(config.run)
     if monitor is not None:
         explainer.check_monitor(monitor)

@@ -85,6 +85,20 @@ class MonitorOptions:
         """The monitor modes asked for, in order, without repeats and without ``off``."""
         return [m for m in dict.fromkeys(self.monitor) if m != "off"]
 
+    def check_single(self, command: str) -> None:
+        """Refuse more than one mode or threshold: ``command`` (``seer explain``, ``seer
+        serve``) runs one monitor; ``seer detox-eval`` is the one that compares several."""
+        if len(self.modes) > 1 or (self.modes and len(set(self.threshold)) > 1):
+            raise SeerError(
+                f"{command} runs one monitor: pass one --monitor mode and one --threshold "
+                "(seer detox-eval compares several)"
+            )
+
+    def single(self, concept: str | None = None) -> Monitor | None:
+        """The one :class:`Monitor` these options describe (``None``: no ``--monitor``)."""
+        monitors = self.monitors(concept)
+        return monitors[0] if monitors else None
+
     def monitors(self, concept: str | None = None, towards: str | None = None) -> list[Monitor]:
         """One :class:`Monitor` per mode and threshold; ``concept``/``towards`` stand in for
         the options when they are not given (``seer detox-eval``: unsafe, safe)."""

@@ -15,7 +15,6 @@ next to every score it gives.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -30,6 +29,7 @@ from seer.core.data import load_prompts
 from seer.errors import SeerError
 from seer.evaluation.evaluate import retention
 from seer.inference.explain import Explainer, Generation, Monitor
+from seer.safety.baseline import base_settings, reusable_base
 from seer.safety.judge import HarmJudge, check_judge_data, safe_mask, train_judge
 from seer.safety.refusal import is_refusal
 from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
@@ -38,7 +38,7 @@ from seer.training.retain import general_text
 if TYPE_CHECKING:
     from seer.commands.detox_eval import DetoxConfig
 
-__all__ = ["base_settings", "detox_eval", "draw_stop_curves", "is_degenerate", "read_prompts"]
+__all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "read_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,62 +295,6 @@ def draw_stop_curves(
     )
 
 
-def _sha256(text: str | bytes) -> str:
-    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()
-
-
-def base_settings(
-    bt: list[str], xst: list[str], judge_data: str | Path, max_new_tokens: int, fingerprint: str
-) -> dict[str, Any]:
-    """What the base model's scores depend on (``base.json`` records it; ``--skip-base``
-    reuses a ``base.json`` only when it matches): the prompts, the reply length, the judge's
-    training data and the base model."""
-    return {
-        "max_new_tokens": max_new_tokens,
-        "bt_prompts": _sha256("\n".join(bt)),
-        "xst_prompts": _sha256("\n".join(xst)),
-        "judge_data": _sha256(Path(judge_data).read_bytes()),
-        "base_fingerprint": fingerprint,
-    }
-
-
-_SETTING_NAMES = {
-    "max_new_tokens": "--max-new-tokens",
-    "bt_prompts": "the BT prompts (--harmful, --limit, --seed)",
-    "xst_prompts": "the XSTest prompts (--xstest, --limit, --seed)",
-    "judge_data": "--judge-data",
-    "base_fingerprint": "the base model",
-}
-
-
-def _reusable_base(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``base.json`` at ``path`` if it was made with ``settings``; ``None`` if there is
-    none; a :class:`SeerError` if it was made with other (or unrecorded) settings."""
-    if not path.is_file():
-        logger.info("--skip-base: no %s to show; the base model is left out", path)
-        return None
-    base = json.loads(path.read_text(encoding="utf-8"))
-    made = base.get("settings") if isinstance(base, dict) else None
-    if not isinstance(made, dict):
-        raise SeerError(
-            f"{path} does not record the settings it was made with (an earlier seer version "
-            "wrote it), so --skip-base cannot tell whether it fits: run once without --skip-base"
-        )
-    differ = [
-        name if key != "max_new_tokens" else f"{name} {made.get(key)} (now {settings[key]})"
-        for key, name in _SETTING_NAMES.items()
-        if made.get(key) != settings[key]
-    ]
-    if differ:
-        raise SeerError(
-            f"{path} was made with other settings: {'; '.join(differ)}. Run without "
-            "--skip-base to remake it, or with the settings it was made with"
-        )
-    logger.info("base model: reusing %s (--skip-base)", path)
-    return base
-
-
 def _inputs(config: DetoxConfig) -> tuple[list[str], list[str], set[str]]:
     """The BT and XSTest prompts and the prompts kept out of the judge's training, every
     data file checked before anything is loaded or written."""
@@ -392,7 +336,7 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     settings = base_settings(
         bt, xst, config.judge_data, config.max_new_tokens, explainer.run.meta["base_fingerprint"]
     )
-    base = _reusable_base(out_dir / "base.json", settings) if config.skip_base else None
+    base = reusable_base(out_dir / "base.json", settings) if config.skip_base else None
     # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
     watch = None
     if concept in explainer.concepts:
