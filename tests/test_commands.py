@@ -13,6 +13,8 @@ from typing import Literal
 
 import pytest
 from conftest import BENIGN, HARMFUL, needs_minilm, tiny_llama
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seer import cli
 from seer.commands.options import add_arguments, from_namespace, option
@@ -253,3 +255,45 @@ def test_replacing_a_file_is_all_or_nothing(tmp_path):
     assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["f.json"]
     write_text_atomic(path, "new")
     assert path.read_text() == "new" and len(list(path.parent.iterdir())) == 1
+
+
+VALUES = ["0", "-1", "1", "0.5", "nan", "inf", "-inf", "1e309", "", " ", "x", "\u00e9", "--", "3"]
+OPTIONS = {
+    "explain": ["--prompt", "--response", "--file", "--max-new-tokens", "--monitor", "--concept",
+                "--threshold", "--towards", "--steer-scale", "--watch-tokens", "--refusal"],
+    "detox-eval": ["--limit", "--seed", "--max-new-tokens", "--monitor", "--threshold",
+                   "--steer-scale", "--watch-tokens", "--target", "--harmful", "--unsafe-concept"],
+    "evaluate": ["--generations"],
+}  # fmt: skip
+FLAGS = ["--reply-end", "--skip-base", "--json", "--trace", "--no-sweep", "--quiet"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    command=st.sampled_from(sorted(OPTIONS)),
+    picks=st.lists(
+        st.tuples(st.integers(0, 20), st.lists(st.sampled_from(VALUES), max_size=3)), max_size=5
+    ),
+    flags=st.lists(st.sampled_from(FLAGS), max_size=2),
+)
+def test_bad_option_values_give_one_line_errors(tmp_path_factory, command, picks, flags):
+    """Whatever the values, a command on a missing run exits 2 with one `seer: error:` line
+    (argparse's own usage errors exit 2 too), never a traceback, and writes nothing."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("bad")
+    argv = [command, str(root / "run")]
+    names = OPTIONS[command]
+    for k, values in picks:
+        argv += [names[k % len(names)], *values]
+    argv += flags
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = cli.main(argv)
+        except SystemExit as exc:  # argparse: a usage error
+            status = exc.code
+    assert status == 2, (argv, err.getvalue())
+    assert "Traceback" not in err.getvalue()
+    assert list(root.iterdir()) == []

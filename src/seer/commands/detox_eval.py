@@ -60,8 +60,13 @@ class DetoxConfig:
                 f"--limit is a number of prompts per set, at least 1, got {self.limit}; "
                 "leave it out to evaluate every prompt"
             )
-        if self.max_new_tokens < 1:
-            raise SeerError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        from seer.inference.explain import MAX_NEW_TOKENS  # deferred: torch
+
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise SeerError(
+                f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, "
+                f"got {self.max_new_tokens}"
+            )
         if "watch" in self.monitor.modes:
             raise SeerError(
                 "--monitor watch adds nothing to detox-eval, which watches its plain pass "
