@@ -297,3 +297,16 @@ def test_bad_option_values_give_one_line_errors(tmp_path_factory, command, picks
     assert status == 2, (argv, err.getvalue())
     assert "Traceback" not in err.getvalue()
     assert list(root.iterdir()) == []
+
+
+@needs_minilm
+def test_detox_eval_retrains_a_cached_judge_when_its_data_changes(detox_inputs, tmp_path):
+    run, argv = detox_inputs
+    argv += ["--limit", "2", "--max-new-tokens", "1"]
+    assert cli.main(argv) == 0
+    first = json.loads((run / "detox" / "judge.json").read_text())["n_train"]
+    rows = [[p, r, False] for p, r in HARMFUL[5:]] + [[p, r, True] for p, r in BENIGN[:7]]
+    fewer = _csv(tmp_path / "fewer.csv", ["prompt", "response", "is_safe"], rows)
+    at = argv.index("--judge-data") + 1
+    assert cli.main([*argv[:at], fewer, *argv[at + 1 :]]) == 0
+    assert json.loads((run / "detox" / "judge.json").read_text())["n_train"] < first

@@ -15,6 +15,7 @@ next to every score it gives.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seer.core.data import load_prompts
+from seer.core.files import write_text_atomic
 from seer.errors import SeerError
 from seer.evaluation.evaluate import retention
 from seer.inference.explain import Explainer, Generation, Monitor
@@ -74,10 +76,16 @@ def read_prompts(
 
 
 def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> Any:
-    if cache.is_file():
+    """The harm judge trained on ``judge_data`` minus ``exclude``; cached in ``cache`` (next
+    to it, ``<cache>.key`` says which data it was trained on: other data retrains it)."""
+    digest = hashlib.sha256(Path(judge_data).read_bytes())
+    digest.update("\n".join(sorted(exclude)).encode("utf-8", "surrogatepass"))
+    key, key_file = digest.hexdigest(), cache.with_name(cache.name + ".key")
+    if cache.is_file() and key_file.is_file() and key_file.read_text().strip() == key:
         return HarmJudge.load(cache)
     judge = train_judge(judge_data, exclude_prompts=exclude, progress=progress)
     judge.save(cache)
+    write_text_atomic(key_file, key + "\n")
     return judge
 
 
