@@ -135,6 +135,8 @@ def _setup(data: str, max_length: int, repeat: bool, batch_size: int):
     config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
+    # Trainer.train() sets this per update; the code before issue 15 needs it for a lone step
+    trainer.current_gradient_accumulation_steps = 1
     return trainer, batch_size
 
 

@@ -118,7 +118,8 @@ def estimate_step(
     reference = tr * adapted * d.hidden * d.dtype_bytes  # frozen retain states for the l2 term
     kl_bytes = 0.0
     if kl:  # final states of both sides, their gradient, and one chunk's [chunk, vocab] blocks
-        kl_bytes = 3 * t1 * d.hidden * d.dtype_bytes + 6 * KL_CHUNK_ELEMENTS * 4
+        chunk = min(t1, max(1, KL_CHUNK_ELEMENTS // d.vocab)) * d.vocab
+        kl_bytes = 3 * t1 * d.hidden * d.dtype_bytes + 6 * chunk * 4
     weights = 4 * d.lora_params * 4  # LoRA weights, gradients, AdamW's two moments (float32)
     transient = _block_transient(d, max(t1, rest))
     return int(OVERHEAD * (kept + reference + kl_bytes + transient) + weights)
@@ -167,4 +168,7 @@ class MemoryPlan:
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB" if n < math.inf else "unbounded"
+    """Bytes for people: GiB, or MiB below 1 GiB."""
+    if n == math.inf:
+        return "unbounded"
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"

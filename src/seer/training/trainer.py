@@ -112,6 +112,8 @@ class SeerTrainer(Trainer):
         self.seer_config, self.layer = seer_config, layer
         self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
         self.model_accepts_loss_kwargs = False  # compute_loss does not use num_items_in_batch
+        # set by Trainer.train() for each update; also a step run outside it (the benches)
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
