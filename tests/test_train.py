@@ -255,3 +255,15 @@ def test_saved_config_reads_back_as_train_config(tmp_path, tokenizer, concept_fi
     back = TrainConfig.from_dict(read_run(out).config)
     assert back == cfg
     assert TrainConfig.from_dict({"batch_size": 3, "removed_option": 1}).batch_size == 3
+
+
+def test_fsdp_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_file, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    with pytest.raises(SeerError, match="does not run under FSDP.*DDP"):
+        train(
+            config(tmp_path, concept_file, retain_file),
+            model=tiny_llama(len(tokenizer)),
+            tokenizer=tokenizer,
+            progress=False,
+        )
+    assert not (tmp_path / "run.partial").exists()  # refused before anything was written

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -160,6 +161,22 @@ def _over_budget(config: TrainConfig, plan: MemoryPlan, micro: int, worst, kl: b
     )
 
 
+FSDP_REFUSAL = (
+    "seer train does not run under FSDP: its step makes partial passes (cut after the target "
+    "block, hooks on the blocks, the adapter switched off for the reference) on the unwrapped "
+    "model, whose parameters FSDP has sharded away; launch without FSDP (plain torchrun or "
+    "accelerate launch gives DDP) and bound memory with --micro-batch-size and "
+    "--gradient-checkpointing, or load the base model in bfloat16"
+)
+
+
+def refuse_fsdp(trainer: SeerTrainer | None = None) -> None:
+    """Stop at start-up under FSDP (set by ``accelerate launch --use_fsdp`` or the arguments)."""
+    by_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    if by_env or (trainer is not None and getattr(trainer, "is_fsdp_enabled", False)):
+        raise SeerError(FSDP_REFUSAL)
+
+
 def _arguments(config: TrainConfig, output_dir: str, lr: float, progress: bool, gc: bool):
     return TrainingArguments(
         output_dir=output_dir,
@@ -190,6 +207,7 @@ def build_trainer(
 ) -> SeerTrainer:
     """LoRA on blocks 0..layer of ``model``, the pair schedule, the memory plan (gradient
     checkpointing when the step would not fit) and the Trainer, ready for ``.train()``."""
+    refuse_fsdp()
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
@@ -232,6 +250,7 @@ def build_trainer(
         seer_config=config,
         layer=layer,
     )
+    refuse_fsdp(trainer)
     trainer.memory_note = (
         f"{plan.describe()}; lower --micro-batch-size or --max-length, or set --memory-budget "
         "to the memory that is really free"

@@ -20,7 +20,7 @@ from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, 
 from seer.errors import SeerError
 from seer.evaluation.calibration import calibrate
 from seer.evaluation.metrics import compute_prototypes
-from seer.training.build import build_trainer, default_layer, resolve_layer
+from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
 from seer.training.config import TrainConfig
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
@@ -171,6 +171,7 @@ def train(
     """
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
     main = int(os.environ.get("RANK", "0")) == 0
+    refuse_fsdp()
     if main:
         check_output(config.output, config.overwrite, config.resume)
     started, partial = time.time(), partial_dir(config.output)
