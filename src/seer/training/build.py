@@ -102,6 +102,11 @@ def plan_memory(
     """Decide gradient checkpointing from the estimated peak of the schedule's largest step;
     a SeerError (before anything trains) when even checkpointing does not fit the budget."""
     dims = Dims.of(model, n_layers, lora_modules)
+    if dims.eager_attention:  # sdpa is what transformers picks where a model supports it
+        logger.warning(
+            "this model runs eager attention, whose memory grows with the square of the text "
+            "length; load it with attn_implementation='sdpa' if it supports that"
+        )
     batches = _batch_lengths(dataset, config.batch_size)
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     kl, l2 = config.kl_weight > 0, config.retain_l2_weight > 0 and len(dataset.retain) > 0

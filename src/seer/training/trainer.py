@@ -71,19 +71,26 @@ def _concat(
 
 
 def micro_batches(inputs: dict, size: int) -> list[dict]:
-    """Rows ``[i, i + size)`` of every part of a batch, each part cut to its longest real text
-    (batches are right-padded, so the cut columns are padding only)."""
-    n, chunks = len(inputs["concepts"]), []
-    for start in range(0, n, size):
-        rows = slice(start, start + size)
+    """Rows of a batch in micro-batches of ``size``, each part cut to its longest real text.
+
+    Rows are first ordered by length (view 1 + view 2 + retain), so that each micro-batch
+    holds texts of similar length and pads little; the contrastive losses do not depend on
+    the order of the pairs. Batches are right-padded, so the cut columns are padding only.
+    """
+    lengths = sum(inputs[k]["attention_mask"].sum(dim=1) for k in PARTS if k in inputs)
+    order = torch.argsort(lengths, stable=True)
+    chunks = []
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
         chunk: dict = {"concepts": inputs["concepts"][rows]}
         for key in PARTS:
             if key in inputs:
                 part = inputs[key]
-                length = int(part["attention_mask"][rows].sum(dim=1).max())
+                mask = part["attention_mask"][rows]
+                length = int(mask.sum(dim=1).max())
                 chunk[key] = {
                     "input_ids": part["input_ids"][rows, :length],
-                    "attention_mask": part["attention_mask"][rows, :length],
+                    "attention_mask": mask[:, :length],
                     "positions": part["positions"][rows],
                 }
         chunks.append(chunk)
@@ -283,7 +290,8 @@ class SeerTrainer(Trainer):
         z1 = torch.cat([r[0] for r in reps]).requires_grad_(True)
         z2 = torch.cat([r[1] for r in reps]).requires_grad_(True)
         with self.compute_loss_context_manager():
-            contrastive, g1, g2, concepts = self._contrastive(z1, z2, inputs["concepts"])
+            labels = torch.cat([chunk["concepts"] for chunk in chunks])  # the rows' new order
+            contrastive, g1, g2, concepts = self._contrastive(z1, z2, labels)
         grad1, grad2 = torch.autograd.grad(cfg.contrastive_weight * contrastive, [z1, z2])
         counts = (
             int(inputs["retain"]["attention_mask"].sum()) if "retain" in inputs else 0,
