@@ -1,16 +1,19 @@
-"""SEER on top of ``transformers.Trainer``: a pair dataset, its collator, and ``compute_loss``.
+"""SEER on top of ``transformers.Trainer``: ``compute_loss``, and gradient caching.
 
 One training step, for B pairs (view1_i, view2_i) of the same concept and B retain texts:
 
 1. frozen model (adapter disabled, no grad): retain texts up to the target layer (every
    adapted layer's output kept for the l2 term), view 1 through the whole model (reference
-   next-token distributions for the KL term; skipped when ``kl_weight == 0``);
+   final hidden states for the KL term; skipped when ``kl_weight == 0``);
 2. adapted model: view 1 through the whole model, one pass giving both the contrastive
-   representation (hook at the target layer) and the KL logits (cut at the target layer
-   when ``kl_weight == 0``); then view 2 and the retain texts together, cut at the target
-   layer.
+   representation (hook at the target layer) and the final hidden states for the KL (cut at
+   the target layer when ``kl_weight == 0``); then view 2 and the retain texts together, cut
+   at the target layer;
+3. the KL through the LM head in chunks of tokens (``losses.chunked_next_token_kl``): no
+   ``[tokens, vocab]`` tensor is ever whole.
 
-Padding is to each batch's longest text, never to a fixed length.
+With ``micro_batch_size`` below the batch, the step is done by gradient caching
+(:meth:`SeerTrainer._cached_step`). Padding is to each batch's longest text.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from seer.core.layers import capture_layers, run_until
 from seer.core.represent import gather_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
+from seer.training.gradcache import micro_batches, rng_state, set_rng_state
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 
 __all__ = [
@@ -39,8 +43,6 @@ __all__ = [
     "gather_with_grad",
     "micro_batches",
 ]
-
-PARTS = ("view1", "view2", "retain")
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -68,46 +70,6 @@ def _concat(
         "input_ids": torch.cat([widen(a["input_ids"], pad_id), widen(b["input_ids"], pad_id)]),
         "attention_mask": torch.cat([widen(a["attention_mask"], 0), widen(b["attention_mask"], 0)]),
     }
-
-
-def micro_batches(inputs: dict, size: int) -> list[dict]:
-    """Rows of a batch in micro-batches of ``size``, each part cut to its longest real text.
-
-    Rows are first ordered by length (view 1 + view 2 + retain), so that each micro-batch
-    holds texts of similar length and pads little; the contrastive losses do not depend on
-    the order of the pairs. Batches are right-padded, so the cut columns are padding only.
-    """
-    lengths = sum(inputs[k]["attention_mask"].sum(dim=1) for k in PARTS if k in inputs)
-    order = torch.argsort(lengths, stable=True)
-    chunks = []
-    for start in range(0, len(order), size):
-        rows = order[start : start + size]
-        chunk: dict = {"concepts": inputs["concepts"][rows]}
-        for key in PARTS:
-            if key in inputs:
-                part = inputs[key]
-                mask = part["attention_mask"][rows]
-                length = int(mask.sum(dim=1).max())
-                chunk[key] = {
-                    "input_ids": part["input_ids"][rows, :length],
-                    "attention_mask": mask[:, :length],
-                    "positions": part["positions"][rows],
-                }
-        chunks.append(chunk)
-    return chunks
-
-
-def _rng_state() -> tuple:
-    return (
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-    )
-
-
-def _set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
 
 
 class SeerTrainer(Trainer):
@@ -191,7 +153,7 @@ class SeerTrainer(Trainer):
             if use_kl:
                 _, ref_final = self._forward(model, v1, [layer], full=True)
         if rng is not None:
-            _set_rng_state(rng)
+            set_rng_state(rng)
         h1, final = self._forward(model, v1, [layer], full=use_kl)
         n = v2["input_ids"].shape[0]
         if use_l2 and counts is None:  # view 2 and the retain texts in one pass
@@ -285,7 +247,7 @@ class SeerTrainer(Trainer):
         states, reps = [], []
         with torch.no_grad(), self.compute_loss_context_manager():
             for chunk in chunks:
-                states.append(_rng_state())
+                states.append(rng_state())
                 reps.append(self._representations(peft_model, chunk))
         z1 = torch.cat([r[0] for r in reps]).requires_grad_(True)
         z2 = torch.cat([r[1] for r in reps]).requires_grad_(True)
