@@ -109,7 +109,7 @@ def stream_one(url: str, prompt: str, max_tokens: int, out: dict) -> None:
             if readout is not None and readout["index"] >= 0:
                 times.append(time.perf_counter())
     out["ttft"] = times[0] - sent if times else float("nan")
-    out["gaps"] = [b - a for a, b in zip(times, times[1:])]
+    out["gaps"] = [b - a for a, b in zip(times, times[1:], strict=False)]
     out["tokens"] = len(times)
 
 
