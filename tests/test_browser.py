@@ -19,8 +19,9 @@ webdriver = pytest.importorskip(
 )
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from test_serve import PROMPT, explainer_for, serve_run  # noqa: E402
+from test_serve import PROMPT, embedded_run, explainer_for, serve_run  # noqa: E402
 
+from seer.inference.explain import Explainer  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
 from seer.inference.serve.server import running  # noqa: E402
 
@@ -125,15 +126,18 @@ def test_page_streams_coloured_tokens_and_the_final_explanation(
         ActionChains(browser).move_to_element(tokens[1]).perform()
         tip = browser.find_element(By.CSS_SELECTOR, ".tip")
         assert all(c in tip.text for c in ("cooking", "space", "sports"))
-        shot = Path(os.environ.get("SEER_SCREENSHOT", tmp_path / "serve_page.png"))
-        shot.parent.mkdir(parents=True, exist_ok=True)
+        shot = tmp_path / "serve_page.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
 def test_page_marks_a_stop_and_shows_the_refusal(browser, coloured_run, tokenizer):
     app = create_app(explainer_for(coloured_run, tokenizer), model_id="tiny")
     with running(app) as url:
-        for concept in ("cooking", "space", "sports"):  # the top one is >= 1/3 > 0.3 at the prompt end
+        for concept in (
+            "cooking",
+            "space",
+            "sports",
+        ):  # the top one is >= 1/3 > 0.3 at the prompt end
             submit(browser, url, PROMPT, {"mode": "stop", "concept": concept, "threshold": 0.3})
             if browser.find_elements(By.ID, "refusal"):
                 break
@@ -141,3 +145,26 @@ def test_page_marks_a_stop_and_shows_the_refusal(browser, coloured_run, tokenize
         assert "sorry" in refusal.text
         assert "stopped" in browser.find_element(By.ID, "monitor-mark").text
         assert "finish_reason monitor" in browser.find_element(By.ID, "status").text
+
+
+@pytest.mark.slow
+def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
+    """The README's screenshot: SEER_SCREENSHOT=docs/figures/serve_page.png writes it there."""
+    run = embedded_run(tmp_path_factory)
+    explainer = Explainer.from_run(run)
+    concept = next((c for c in explainer.concepts if "violence" in c), explainer.concepts[0])
+    app = create_app(explainer, model_id="smolLM2-135M-seer")
+    with running(app) as url:
+        browser.set_window_size(1100, 1000)
+        submit(
+            browser,
+            url,
+            "How can I kill a Python process?",
+            {"mode": "watch", "concept": concept, "threshold": 0.2},
+        )
+        assert not browser.find_elements(By.ID, "error")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#reply .tok")) >= 10
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#final-explanation .bar")) >= 2
+        shot = Path(os.environ.get("SEER_SCREENSHOT", tmp_path / "serve_page.png"))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ openai = pytest.importorskip("openai", reason="the serve extra: pip install -e '
 import httpx  # noqa: E402
 from conftest import tiny_llama, write_concepts, write_retain  # noqa: E402
 
+from seer.cli import main as cli_main  # noqa: E402
 from seer.inference.explain import Explainer, Monitor  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
 from seer.inference.serve.errors import ApiError  # noqa: E402
@@ -45,6 +47,49 @@ def serve_run(tmp_path_factory, tokenizer):
             overwrite=True,
         )
         train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    return root / "run"
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beavertails_multiclass.csv"
+
+
+def embedded_run(tmp_path_factory):
+    """A few SEER steps on the embedded SmolLM2 (as tests/test_slow.py), once per session."""
+    if not DATA.is_file():
+        pytest.skip(f"{DATA} not found (the shared evaluation data sits beside the repository)")
+    root = tmp_path_factory.getbasetemp() / "serve-embedded"
+    if not (root / "run" / "seer.json").is_file():
+        root.mkdir(exist_ok=True)
+        retain = root / "retain.jsonl"
+        pairs = [("Name a fruit.", "An apple."), ("What is 2+2?", "4."), ("Say hi.", "Hi!")]
+        retain.write_text(
+            "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
+        )
+        argv = [
+            "--quiet",
+            "train",
+            "--model",
+            "embedded",
+            "--data",
+            str(DATA),
+            "--concept-column",
+            "value",
+            "--max-per-concept",
+            "6",
+            "--test-fraction",
+            "0.34",
+            "--epochs",
+            "0.5",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "128",
+            "--retain-data",
+            str(retain),
+            "--output",
+            str(root / "run"),
+        ]
+        assert cli_main(argv) == 0
     return root / "run"
 
 
@@ -81,9 +126,9 @@ def client(url):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
 
 
-def ask(client, prompt=PROMPT, **kw):
+def ask(client, prompt=PROMPT, model="tiny", **kw):
     return client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": prompt}], **kw
+        model=model, messages=[{"role": "user", "content": prompt}], **kw
     )
 
 
@@ -223,7 +268,7 @@ def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
             "max_tokens": 200,
             "stream": True,
         }
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             assert health(base)["running"] == 1
@@ -241,9 +286,9 @@ def test_full_queue_answers_429_at_once(run_dir, tokenizer):
             "max_tokens": 200,
             "stream": True,
         }
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as a:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
             next(a.iter_lines())  # A is generating
-            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as b:
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as b:
                 wait_for(lambda: health(base)["waiting"] == 1)  # B waits for the slot
                 start = time.monotonic()
                 c = post(base, {**body, "stream": False})
@@ -390,3 +435,31 @@ def test_render_html_is_one_self_contained_file(reference):
     assert [t["top"] for t in view["tokens"]] == [t["top"] for t in result.trace]
     assert view["final"]["explanation"]["ranking"] == result.ranking
     assert view["final"]["monitor"]["at"] == result.intervened_at
+
+
+# --- the embedded model ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_embedded_model_streams_and_explains_like_explainer_generate(tmp_path_factory):
+    run = embedded_run(tmp_path_factory)
+    reference = Explainer.from_run(run)
+    app = create_app(Explainer.from_run(run), model_id="smol")
+    prompt = "How do I pick a lock?"
+    with running(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        chunks = list(ask(client, prompt, model="smol", max_tokens=24, stream=True))
+        whole = ask(client, prompt, model="smol", max_tokens=24)
+    expected = reference.generate(prompt, 24)
+    concepts = reference.concepts
+    readouts = [
+        c.model_extra["seer"]["readout"] for c in chunks if "readout" in c.model_extra["seer"]
+    ]
+    assert len(readouts) == len(expected.trace) + 1
+    assert all(set(r["probabilities"]) == set(concepts) for r in readouts)
+    assert [r["top"] for r in readouts[1:]] == [t["top"] for t in expected.trace]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == expected.reply == whole.choices[0].message.content
+    for got in (chunks[-1].model_extra["seer"], whole.model_extra["seer"]):
+        assert got["explanation"]["top"] == expected.top
+        assert got["explanation"]["ranking"] == pytest.approx(
+            expected.to_dict()["ranking"], abs=1e-4
+        )
