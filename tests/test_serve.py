@@ -260,6 +260,28 @@ def test_concurrent_requests_share_batches_and_read_like_one_alone(url, referenc
         assert got["ranking"] == pytest.approx(expected.to_dict()["ranking"], abs=1e-4)
 
 
+def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer):
+    with serving(run_dir, tokenizer, max_batch_size=2, max_queue=0) as base:
+        body = {
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 200,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
+            lines = a.iter_lines()
+            next(lines)  # A is generating its 200 tokens
+            short = post(
+                base,
+                {"messages": [{"role": "user", "content": "what is a comet"}], "max_tokens": 3},
+            )
+            assert short.status_code == 200
+            stats = health(base)
+            assert stats["running"] == 1 and stats["completed"] == 1 and stats["joined"] == 1
+            rest = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+        assert rest[-1]["choices"][0]["finish_reason"] == "length"  # A went on to its end
+        assert len(rest) == 200 + 1  # A's remaining tokens (the first came before B) and the end
+
+
 # --- disconnects and a full queue ------------------------------------------------------------
 def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
     with serving(run_dir, tokenizer, max_batch_size=1, max_queue=0) as base:
