@@ -11,7 +11,7 @@ from seer.core.formatting import encode, prompt_ids
 from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
-from seer.inference.explain import Explainer, Monitor
+from seer.inference.explainer import Explainer, Monitor
 from seer.training.config import TrainConfig
 from seer.training.train import train
 

@@ -99,7 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from seer.inference.explain import main as explain_main
+    from seer.commands.explain import main as explain_main
 
     return explain_main(args)
 

@@ -28,9 +28,10 @@ import numpy as np
 
 from seer.core.data import load_prompts
 from seer.errors import SeerError
-from seer.inference.explain import Explainer, Generation, Monitor
+from seer.inference.explainer import Explainer, Generation, Monitor
+from seer.inference.monitor import replay
 from seer.safety.refusal import is_refusal
-from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
+from seer.safety.tradeoff import plot_tradeoff, stop_curve
 
 __all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "main", "read_prompts"]
 
@@ -104,17 +105,10 @@ def _watched(probabilities: list[float], watch_tokens: int | None) -> list[float
 
 def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
     """What a stop monitor does, from a plain pass watched over the whole reply (and, for a
-    ``reply_end`` monitor, its replies' final explanations in ``gen.final``)."""
-    if monitor.reply_end:
-        fired = [
-            len(p) if f >= monitor.threshold else None
-            for p, f in zip(gen.probabilities, gen.final, strict=True)
-        ]
-    else:
-        fired = [
-            first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
-            for p in gen.probabilities
-        ]
+    ``reply_end`` monitor, its replies' final explanations in ``gen.final``): the monitor's
+    own rules replayed over the recorded probabilities."""
+    finals = gen.final or [None] * len(gen.probabilities)
+    fired = [replay(monitor, p, f) for p, f in zip(gen.probabilities, finals, strict=True)]
     replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
     return Generation(replies, fired, gen.probabilities, gen.final)
 
@@ -344,14 +338,9 @@ def detox_eval(
             _generate(explainer, xst, False, None, max_new_tokens, "base: XST"),
             None,
         )
+    # The watched pass also records each reply's final explanation (gen.final).
     bt_gen = _generate(explainer, bt, True, watch, max_new_tokens, "seer: BT")
     xst_gen = _generate(explainer, xst, True, watch, max_new_tokens, "seer: XST")
-    if watch is not None:
-        for gen, prompts, name in ((bt_gen, bt, "BT"), (xst_gen, xst, "XST")):
-            desc = f"seer: {name} reply ends"
-            gen.final = explainer.final_probability(
-                unsafe_concept, prompts, gen.replies, progress=desc
-            )
     plain = ev.record("seer", bt_gen, xst_gen, None)
     if watch is not None:
         ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, unsafe_concept)
