@@ -24,7 +24,7 @@ import httpx
 import torch
 
 from seer.cli import main as seer_main
-from seer.inference.explain import Explainer
+from seer.inference.explainer import Explainer
 from seer.inference.generation import generate_batches
 from seer.inference.serve.app import create_app
 from seer.inference.serve.server import running

@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from test_serve import PROMPT, embedded_run, explainer_for, serve_run  # noqa: E402
 
-from seer.inference.explain import Explainer  # noqa: E402
+from seer.inference.explainer import Explainer  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
 from seer.inference.serve.server import running  # noqa: E402
 

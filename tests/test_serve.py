@@ -17,7 +17,8 @@ import httpx  # noqa: E402
 from conftest import tiny_llama, write_concepts, write_retain  # noqa: E402
 
 from seer.cli import main as cli_main  # noqa: E402
-from seer.inference.explain import Explainer, Monitor  # noqa: E402
+from seer.inference.explainer import Explainer  # noqa: E402
+from seer.inference.monitor import Monitor  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
 from seer.inference.serve.errors import ApiError  # noqa: E402
 from seer.inference.serve.page import render_html  # noqa: E402
@@ -309,7 +310,8 @@ def test_full_queue_answers_429_at_once(run_dir, tokenizer):
             "stream": True,
         }
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
-            next(a.iter_lines())  # A is generating
+            a_lines = a.iter_lines()  # kept: a dropped iterator closes the connection
+            next(a_lines)  # A is generating
             with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as b:
                 wait_for(lambda: health(base)["waiting"] == 1)  # B waits for the slot
                 start = time.monotonic()

@@ -62,7 +62,7 @@ class ServeConfig:
         """The server-wide :class:`Monitor` (``None`` without ``--monitor``)."""
         if self.monitor is None:
             return None
-        from seer.inference.explain import Monitor
+        from seer.inference.monitor import Monitor
 
         extra = {"refusal": self.refusal} if self.refusal else {}
         return Monitor(
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace | ServeConfig) -> int:
         else ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
     )
     uvicorn, create_app = _import_serving()
-    from seer.inference.explain import Explainer
+    from seer.inference.explainer import Explainer
 
     if not Path(config.run).is_dir():
         raise SeerError(f"{config.run} is not a folder; pass a run folder written by seer train")

@@ -25,7 +25,8 @@ from starlette.types import Receive, Scope, Send
 
 from seer.core.formatting import prompt_ids
 from seer.core.models import context_length
-from seer.inference.explain import MAX_NEW_TOKENS, Monitor
+from seer.inference.explainer import MAX_NEW_TOKENS
+from seer.inference.monitor import Monitor
 from seer.inference.serve import responses as R
 from seer.inference.serve.errors import ApiError, error_body
 from seer.inference.serve.requests import ChatRequest, Limits, parse_chat_request

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from seer.errors import SeerError
-from seer.inference.explain import Monitor
+from seer.inference.monitor import Monitor
 from seer.inference.serve.errors import ApiError
 
 __all__ = ["ChatRequest", "Limits", "monitor_from_dict", "parse_chat_request"]

@@ -109,7 +109,9 @@ def _chunk(ctx: Context, delta: dict, finish: str | None, seer: dict | None) -> 
 
 def delta_chunk(ctx: Context, event: Any, concepts: list[str]) -> dict[str, Any]:
     """The chunk of one token (the first one, the prompt's end, opens the assistant turn)."""
-    delta = {"role": "assistant", "content": ""} if event.index < 0 else {"content": event.text}
+    # A stop monitor's last event: the token that tipped it is not shown (the refusal follows).
+    text = "" if event.finish_reason == "monitor" else event.text
+    delta = {"role": "assistant", "content": ""} if event.index < 0 else {"content": text}
     return _chunk(ctx, delta, None, {"readout": readout(event, concepts)})
 
 

@@ -179,9 +179,7 @@ class BatchWorker:
             if job is None:
                 continue
             finished = evs[-1].finish_reason is not None
-            if not job.cancelled:
-                job.put(evs)
-            if finished:
+            if finished:  # the books first: a client that has its answer sees them updated
                 with self._cond:
                     del self._running[row]
                     job.done = True
@@ -189,6 +187,8 @@ class BatchWorker:
                         self.stats.cancelled += 1
                     else:
                         self.stats.completed += 1
+            if not job.cancelled:
+                job.put(evs)
         if self._batch.active == 0 and self._running:  # rows the engine ended without an event
             with self._cond:
                 for job in self._running.values():
