@@ -29,8 +29,6 @@ from seer.inference.generation import generate_batches
 from seer.inference.serve.app import create_app
 from seer.inference.serve.server import running
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,11 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--max-tokens", type=int, default=48, help="reply length (EOS may end it early)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds one K may take at most")
+    p.add_argument("--data-dir", default="../shared/data", help="the shared data folder")
     return p.parse_args(argv)
 
 
-def train_small_run(out: Path) -> None:
+def train_small_run(out: Path, data: Path) -> None:
     """A few steps of SEER on the embedded model: enough for a real readout to serve."""
     retain = out.parent / f"{out.name}-retain.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +53,7 @@ def train_small_run(out: Path) -> None:
             "--model",
             "embedded",
             "--data",
-            str(DATA / "beavertails_multiclass.csv"),
+            str(data / "beavertails_multiclass.csv"),
             "--concept-column",
             "value",
             "--max-per-concept",
@@ -78,8 +76,8 @@ def train_small_run(out: Path) -> None:
         raise SystemExit(f"training {out} failed")
 
 
-def prompts(n: int) -> list[str]:
-    with open(DATA / "xstest_v2_prompts.csv", newline="", encoding="utf-8") as f:
+def prompts(n: int, data: Path) -> list[str]:
+    with open(data / "xstest_v2_prompts.csv", newline="", encoding="utf-8") as f:
         rows = [r["prompt"] for r in csv.DictReader(f)]
     return [rows[(7 * i) % len(rows)] for i in range(n)]
 
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run)
     if not (run / "seer.json").is_file():
         print(f"{run} not found: training a small run on the embedded model first")
-        train_small_run(run)
+        train_small_run(run, Path(args.data_dir))
     torch.manual_seed(0)
     explainer = Explainer.from_run(run)
     app = create_app(
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         warm: dict = {}
         stream_one(url, "Say hello.", 4, warm)
         for k in args.clients:
-            texts = prompts(k * args.requests)
+            texts = prompts(k * args.requests, Path(args.data_dir))
             served = load(url, k, texts, args.requests, args.max_tokens)
             base = plain(explainer, texts, k, args.max_tokens)  # same prompts, worker idle
             rows[k] = (served, base)

@@ -152,15 +152,15 @@ def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
     """The README's screenshot: SEER_SCREENSHOT=docs/figures/serve_page.png writes it there."""
     run = embedded_run(tmp_path_factory)
     explainer = Explainer.from_run(run)
-    concept = next((c for c in explainer.concepts if "violence" in c), explainer.concepts[0])
+    assert explainer.concepts == ["cooking", "space", "sports"]
     app = create_app(explainer, model_id="smolLM2-135M-seer")
     with running(app) as url:
         browser.set_window_size(1100, 1000)
         submit(
             browser,
             url,
-            "How can I kill a Python process?",
-            {"mode": "watch", "concept": concept, "threshold": 0.2},
+            "What is a quick recipe for tomato soup?",
+            {"mode": "watch", "concept": "cooking", "threshold": 0.5},
         )
         assert not browser.find_elements(By.ID, "error")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#reply .tok")) >= 10

@@ -7,7 +7,6 @@ import contextlib
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -51,42 +50,29 @@ def serve_run(tmp_path_factory, tokenizer):
     return root / "run"
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beavertails_multiclass.csv"
-
-
 def embedded_run(tmp_path_factory):
-    """A few SEER steps on the embedded SmolLM2 (as tests/test_slow.py), once per session."""
-    if not DATA.is_file():
-        pytest.skip(f"{DATA} not found (the shared evaluation data sits beside the repository)")
+    """One epoch of SEER on the embedded SmolLM2 over the tiny cooking/space/sports texts, once
+    per session (shared with tests/test_browser.py)."""
     root = tmp_path_factory.getbasetemp() / "serve-embedded"
     if not (root / "run" / "seer.json").is_file():
         root.mkdir(exist_ok=True)
-        retain = root / "retain.jsonl"
-        pairs = [("Name a fruit.", "An apple."), ("What is 2+2?", "4."), ("Say hi.", "Hi!")]
-        retain.write_text(
-            "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
-        )
         argv = [
             "--quiet",
             "train",
             "--model",
             "embedded",
             "--data",
-            str(DATA),
-            "--concept-column",
-            "value",
-            "--max-per-concept",
-            "6",
+            str(write_concepts(root / "concepts.jsonl")),
+            "--retain-data",
+            str(write_retain(root / "retain.jsonl")),
             "--test-fraction",
             "0.34",
             "--epochs",
-            "0.5",
+            "1",
             "--batch-size",
             "4",
             "--max-length",
-            "128",
-            "--retain-data",
-            str(retain),
+            "64",
             "--output",
             str(root / "run"),
         ]
