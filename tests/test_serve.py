@@ -473,3 +473,52 @@ def test_embedded_model_streams_and_explains_like_explainer_generate(tmp_path_fa
         assert got["explanation"]["ranking"] == pytest.approx(
             expected.to_dict()["ranking"], abs=1e-4
         )
+
+
+# --- the command -----------------------------------------------------------------------------
+def test_seer_serve_command_wires_the_config(run_dir, tokenizer, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(
+        "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
+    )
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    argv = [
+        "serve",
+        str(run_dir),
+        "--port",
+        "8123",
+        "--max-batch-size",
+        "2",
+        "--max-queue",
+        "0",
+        "--monitor",
+        "stop",
+        "--concept",
+        "space",
+        "--threshold",
+        "0.01",
+    ]
+    assert cli_main(argv) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    with running(seen["app"]) as base:
+        card = httpx.get(f"{base}/v1/models").json()["data"][0]
+        assert card["id"] == run_dir.name and card["seer"]["max_batch_size"] == 2
+        assert card["seer"]["monitor"]["concept"] == "space"
+        out = post(base, {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4})
+        assert out.json()["choices"][0]["finish_reason"] == "monitor"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "/nonexistent/run"], "is not a folder"),
+        (["serve", "x", "--monitor", "stop"], "needs --concept"),
+        (["serve", "x", "--port", "0"], "--port must be"),
+        (["serve", "x", "--max-batch-size", "0"], "--max-batch-size must be"),
+    ],
+)
+def test_seer_serve_command_errors(argv, message, capsys):
+    assert cli_main(argv) == 2
+    assert message in capsys.readouterr().err
