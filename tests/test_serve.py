@@ -173,6 +173,12 @@ def test_streamed_chunks_carry_readouts_and_the_final_explanation(client, refere
     assert last.model_extra["seer"]["explanation"] == pytest.approx(expected.to_dict())
 
 
+def test_stream_usage_when_asked(client):
+    chunks = list(ask(client, max_tokens=5, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+
+
 def test_request_monitor_stop_ends_with_the_refusal(client, reference):
     first = ask(client, max_tokens=4, stream=True)
     prompt_end = next(iter(first)).model_extra["seer"]["readout"]
@@ -191,6 +197,23 @@ def test_request_monitor_stop_ends_with_the_refusal(client, reference):
     )
     assert chunks[-1].choices[0].finish_reason == "monitor"
     assert chunks[-1].choices[0].delta.content == "No."
+
+
+def test_steer_monitor_matches_explainer_generate(client, reference):
+    monitor = {
+        "concept": "space",
+        "threshold": 0.01,
+        "mode": "steer",
+        "towards": "cooking",
+        "scale": 2.0,
+    }
+    out = ask(client, max_tokens=8, extra_body={"seer": {"monitor": monitor}})
+    expected = reference.generate(PROMPT, 8, Monitor(**monitor))
+    report = out.model_extra["seer"]["monitor"]
+    assert report["acted"] and report["at"] == 0 and not report["stopped"]
+    assert out.choices[0].message.content == expected.reply
+    assert out.model_extra["seer"]["explanation"] == pytest.approx(expected.to_dict())
+    assert expected.reply != reference.generate(PROMPT, 8).reply  # steering changed the reply
 
 
 def test_watch_monitor_reports_and_changes_nothing(client):
