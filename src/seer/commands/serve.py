@@ -64,7 +64,7 @@ class ServeConfig:
             return None
         from seer.inference.monitor import Monitor
 
-        extra = {"refusal": self.refusal} if self.refusal else {}
+        extra: dict[str, Any] = {"refusal": self.refusal} if self.refusal else {}
         return Monitor(
             str(self.concept),
             threshold=self.threshold,
