@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from seer.core.formatting import prompt_ids
 from seer.core.models import context_length
+from seer.inference.engine import Engine
 from seer.inference.explainer import MAX_NEW_TOKENS
 from seer.inference.monitor import Monitor
 from seer.inference.serve import responses as R
@@ -63,8 +64,98 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
-def _json_error(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+class Service:
+    """What the routes share: the explainer's limits, the worker, the default monitor."""
+
+    def __init__(
+        self,
+        explainer: Any,
+        *,
+        model_id: str,
+        max_batch_size: int,
+        max_queue: int,
+        monitor: Monitor | None,
+        default_max_tokens: int,
+    ) -> None:
+        if monitor is not None:
+            explainer.check_monitor(monitor)
+        self.explainer, self.model_id, self.monitor = explainer, model_id, monitor
+        self.concepts = list(explainer.concepts)
+        self.worker = BatchWorker(
+            Engine(explainer), max_batch_size=max_batch_size, max_queue=max_queue
+        )
+        self.tokenizer = copy.deepcopy(explainer.tokenizer)  # the worker thread uses the original
+        self.limits = Limits(
+            model_id=model_id,
+            concepts=tuple(self.concepts),
+            context=context_length(explainer.model),
+            max_tokens=MAX_NEW_TOKENS,
+            default_max_tokens=default_max_tokens,
+        )
+
+    def health(self) -> dict[str, Any]:
+        w = self.worker
+        return {"status": "ok", "model": self.model_id, "joins": w.joins, **w.snapshot()}
+
+    def model(self, name: str) -> dict[str, Any]:
+        if name != self.model_id:
+            raise ApiError(
+                f"the model {name!r} is not served here; use {self.model_id!r}",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
+        return self.model_card()
+
+    def model_card(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "seer",
+            "seer": {
+                "concepts": self.concepts,
+                "monitor": None if self.monitor is None else R.monitor_fields(self.monitor),
+                "max_batch_size": self.worker.max_batch_size,
+            },
+        }
+
+    def submit(self, raw: bytes) -> tuple[ChatRequest, Job]:
+        """Validate a request and queue it (:class:`ApiError` 4xx, or 429 when full)."""
+        req = parse_chat_request(
+            raw,
+            self.limits,
+            count_tokens=lambda text: len(prompt_ids(self.tokenizer, text)),
+            check_monitor=self.explainer.check_monitor,
+            default_monitor=self.monitor,
+        )
+        job = Job(req.prompt, req.max_tokens, req.monitor, asyncio.get_running_loop())
+        try:
+            self.worker.submit(job)
+        except QueueFull:
+            w = self.worker
+            raise ApiError(
+                f"the server is full ({w.max_batch_size} generating, {w.max_queue} waiting): "
+                "retry in a moment",
+                status=429,
+                type="rate_limit_error",
+                code="queue_full",
+            ) from None
+        return req, job
+
+    async def chat(self, request: Request) -> Response:
+        req, job = self.submit(await request.body())
+        ctx = R.Context(self.model_id)
+        if req.stream:
+            events = _stream(job, req, ctx, self.concepts)
+            return EventStream(events, lambda: self.worker.cancel(job))
+        try:
+            result = await _result(job, request)
+        finally:
+            self.worker.cancel(job)
+        if result is None:
+            return Response(status_code=499)  # the client left; nobody reads this
+        return JSONResponse(R.completion(ctx, req.prompt_tokens, req.monitor, result))
 
 
 def create_app(
@@ -78,108 +169,47 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``explainer``; ``monitor`` watches every request that does not bring
     its own (``{"seer": {"monitor": null}}`` turns it off for one request)."""
-    from seer.inference.engine import Engine
-
-    if monitor is not None:
-        explainer.check_monitor(monitor)
-    concepts = list(explainer.concepts)
-    worker = BatchWorker(Engine(explainer), max_batch_size=max_batch_size, max_queue=max_queue)
-    tokenizer = copy.deepcopy(explainer.tokenizer)  # the worker thread uses the original
-    limits = Limits(
+    service = Service(
+        explainer,
         model_id=model_id,
-        concepts=tuple(concepts),
-        context=context_length(explainer.model),
-        max_tokens=MAX_NEW_TOKENS,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        monitor=monitor,
         default_max_tokens=default_max_tokens,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        worker.start()
+        service.worker.start()
         yield
-        worker.stop()
+        service.worker.stop()
 
     app = FastAPI(title="seer serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.worker = worker
+    app.state.service = service
     app.mount("/static", StaticFiles(packages=[("seer.inference.serve", "static")]), "static")
-
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _json_error(exc)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
-
-    def model_card() -> dict[str, Any]:
-        return {
-            "id": model_id,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "seer",
-            "seer": {
-                "concepts": concepts,
-                "monitor": None if monitor is None else R.monitor_fields(monitor),
-                "max_batch_size": max_batch_size,
-            },
-        }
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
-        html = resources.files("seer.inference.serve").joinpath("static/index.html")
-        return HTMLResponse(html.read_text(encoding="utf-8"))
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "joins": worker.joins, **worker.snapshot()}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name}")
-    async def model(name: str) -> dict[str, Any]:
-        if name != model_id:
-            raise ApiError(
-                f"the model {name!r} is not served here; use {model_id!r}",
-                status=404,
-                param="model",
-                code="model_not_found",
-            )
-        return model_card()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        req = parse_chat_request(
-            await request.body(),
-            limits,
-            count_tokens=lambda text: len(prompt_ids(tokenizer, text)),
-            check_monitor=explainer.check_monitor,
-            default_monitor=monitor,
-        )
-        job = Job(req.prompt, req.max_tokens, req.monitor, asyncio.get_running_loop())
-        try:
-            worker.submit(job)
-        except QueueFull:
-            raise ApiError(
-                f"the server is full ({max_batch_size} generating, {max_queue} waiting): "
-                "retry in a moment",
-                status=429,
-                type="rate_limit_error",
-                code="queue_full",
-            ) from None
-        ctx = R.Context(model_id)
-        if req.stream:
-            return EventStream(_stream(job, req, ctx, concepts), lambda: worker.cancel(job))
-        try:
-            result = await _result(job, request)
-        finally:
-            worker.cancel(job)
-        if result is None:
-            return Response(status_code=499)  # the client left; nobody reads this
-        return JSONResponse(R.completion(ctx, req.prompt_tokens, req.monitor, result))
-
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_api_route("/", _page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/health", lambda: service.health(), methods=["GET"])
+    app.add_api_route(
+        "/v1/models", lambda: {"object": "list", "data": [service.model_card()]}, methods=["GET"]
+    )
+    app.add_api_route("/v1/models/{name}", service.model, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", service.chat, methods=["POST"])
     return app
+
+
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
+
+
+async def _page() -> HTMLResponse:
+    html = resources.files("seer.inference.serve").joinpath("static/index.html")
+    return HTMLResponse(html.read_text(encoding="utf-8"))
 
 
 async def _result(job: Job, request: Request) -> Any:
