@@ -16,11 +16,12 @@ import httpx  # noqa: E402
 from conftest import tiny_llama, write_concepts, write_retain  # noqa: E402
 
 from seer.cli import main as cli_main  # noqa: E402
+from seer.errors import SeerError  # noqa: E402
 from seer.inference.explainer import Explainer  # noqa: E402
 from seer.inference.monitor import Monitor  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
 from seer.inference.serve.errors import ApiError  # noqa: E402
-from seer.inference.serve.page import render_html  # noqa: E402
+from seer.inference.serve.page import render_html, write_html  # noqa: E402
 from seer.inference.serve.requests import Limits, parse_chat_request  # noqa: E402
 from seer.inference.serve.server import running  # noqa: E402
 from seer.training.config import TrainConfig  # noqa: E402
@@ -468,6 +469,16 @@ def test_render_html_is_one_self_contained_file(reference):
     assert [t["top"] for t in view["tokens"]] == [t["top"] for t in result.trace]
     assert view["final"]["explanation"]["ranking"] == result.ranking
     assert view["final"]["monitor"]["at"] == result.intervened_at
+
+
+def test_write_html(reference, tmp_path):
+    result = reference.generate(PROMPT, 4)
+    out = write_html(tmp_path / "view.html", result, prompt=PROMPT, concepts=reference.concepts)
+    assert out.read_text(encoding="utf-8") == render_html(
+        result, prompt=PROMPT, concepts=reference.concepts
+    )
+    with pytest.raises(SeerError, match="does not exist"):
+        write_html(tmp_path / "nope" / "view.html", result)
 
 
 # --- the embedded model ----------------------------------------------------------------------

@@ -10,9 +10,12 @@ from __future__ import annotations
 import html as html_lib
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-__all__ = ["render_html", "static_text"]
+from seer.errors import SeerError
+
+__all__ = ["render_html", "static_text", "write_html"]
 
 TEMPLATE = """<!doctype html>
 <html lang="en">
@@ -101,3 +104,20 @@ def render_html(
         prompt=html_lib.escape(prompt),
         data=data.replace("</", "<\\/"),
     )
+
+
+def write_html(
+    path: str | Path,
+    explanation: Any,
+    *,
+    prompt: str = "",
+    monitor: Any = None,
+    concepts: list[str] | None = None,
+) -> Path:
+    """Write :func:`render_html`'s page to ``path`` (what ``seer explain --html`` does)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SeerError(f"--html {path}: the folder {path.parent} does not exist; create it first")
+    page = render_html(explanation, prompt=prompt, monitor=monitor, concepts=concepts)
+    path.write_text(page, encoding="utf-8")
+    return path
