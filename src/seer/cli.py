@@ -118,6 +118,12 @@ def _cmd_detox(args: argparse.Namespace) -> int:
     return detox_main(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from seer.commands.serve import main as serve_main
+
+    return serve_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seer", description="Make a language model explain itself (SEER)."
@@ -256,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not evaluate the base model (an earlier base.json in DIR/detox is shown)",
     )
     p.set_defaults(func=_cmd_detox)
+
+    from seer.commands.serve import add_arguments as serve_arguments
+
+    p = add("serve", help="serve a run over an OpenAI-compatible HTTP API, with a live page")
+    serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
