@@ -306,7 +306,7 @@ def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
     )
     assert watched.replies == plain.replies and watched.probabilities == [[]] * len(PROMPTS)
     final = explainer.score_many(PROMPTS, plain.replies)[:, explainer.concepts.index("space")]
-    assert watched.final == pytest.approx(final.tolist(), abs=1e-6)
+    assert watched.final == pytest.approx(final.tolist(), abs=1e-5)
     ordered = sorted(final)
     threshold = float(ordered[1] + ordered[2]) / 2  # two replies above, two below
     monitor = Monitor("space", threshold, refusal="no.", reply_end=True)
