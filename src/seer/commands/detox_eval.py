@@ -60,7 +60,7 @@ class DetoxConfig:
                 f"--limit is a number of prompts per set, at least 1, got {self.limit}; "
                 "leave it out to evaluate every prompt"
             )
-        from seer.inference.explain import MAX_NEW_TOKENS  # deferred: torch
+        from seer.inference.explainer import MAX_NEW_TOKENS  # deferred: torch
 
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise SeerError(

@@ -13,7 +13,7 @@ from seer.core.data import read_jsonl
 from seer.errors import SeerError
 
 if TYPE_CHECKING:
-    from seer.inference.explain import Explanation
+    from seer.inference.explainer import Explanation
 
 __all__ = ["HELP", "NAME", "ExplainConfig", "main", "requests"]
 
@@ -37,7 +37,7 @@ class ExplainConfig:
     )
 
     def __post_init__(self) -> None:
-        from seer.inference.explain import MAX_NEW_TOKENS  # deferred: torch
+        from seer.inference.explainer import MAX_NEW_TOKENS  # deferred: torch
 
         if self.prompt is None and self.file is None:
             raise SeerError(
@@ -112,13 +112,13 @@ def _as_json(row: dict, result: Explanation, trace: bool) -> str:
 def main(config: ExplainConfig, *, progress: bool = True) -> int:
     """Generates a reply (or scores the given response, exactly as ``seer evaluate`` reads
     it) and prints the model's self-explanation; with ``--monitor``, the generation is
-    watched (and stopped or steered) as :class:`~seer.inference.explain.Monitor` describes.
+    watched (and stopped or steered) as :class:`~seer.inference.monitor.Monitor` describes.
     With ``--file``, lines that carry a ``concept`` are counted into a final accuracy of the
     top-ranked concept (ignoring the ``none`` threshold): on ``DIR/split/test.jsonl`` it
     reproduces ``prototype_accuracy``."""
     from tqdm.auto import tqdm
 
-    from seer.inference.explain import Explainer  # deferred: torch and transformers
+    from seer.inference.explainer import Explainer  # deferred: torch and transformers
 
     rows = requests(config)
     monitor = config.monitor.single()

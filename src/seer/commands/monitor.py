@@ -11,7 +11,7 @@ from seer.commands.options import option
 from seer.errors import SeerError
 
 if TYPE_CHECKING:
-    from seer.inference.explain import Monitor
+    from seer.inference.monitor import Monitor
 
 __all__ = ["MonitorOptions"]
 
@@ -96,6 +96,10 @@ class MonitorOptions:
                 f"{command} runs one monitor: pass one --monitor mode and one --threshold "
                 "(seer detox-eval compares several)"
             )
+        if self.modes and not self.concept:
+            raise SeerError(
+                "--monitor needs --concept, the concept to watch (e.g. --concept unsafe)"
+            )
 
     def single(self, concept: str | None = None) -> Monitor | None:
         """The one :class:`Monitor` these options describe (``None``: no ``--monitor``)."""
@@ -105,7 +109,7 @@ class MonitorOptions:
     def monitors(self, concept: str | None = None, towards: str | None = None) -> list[Monitor]:
         """One :class:`Monitor` per mode and threshold; ``concept``/``towards`` stand in for
         the options when they are not given (``seer detox-eval``: unsafe, safe)."""
-        from seer.inference.explain import Monitor  # deferred: torch and the model stack
+        from seer.inference.monitor import Monitor  # deferred: torch and the model stack
 
         concept = self.concept or concept
         towards = self.towards or towards

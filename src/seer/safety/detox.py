@@ -30,11 +30,12 @@ from seer.core.data import load_prompts
 from seer.core.files import write_text_atomic
 from seer.errors import SeerError
 from seer.evaluation.evaluate import retention
-from seer.inference.explain import Explainer, Generation, Monitor
+from seer.inference.explainer import Explainer, Generation, Monitor
+from seer.inference.monitor import replay
 from seer.safety.baseline import base_settings, reusable_base
 from seer.safety.judge import HarmJudge, check_judge_data, safe_mask, train_judge
 from seer.safety.refusal import is_refusal
-from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
+from seer.safety.tradeoff import plot_tradeoff, stop_curve
 from seer.training.retain import general_text
 
 if TYPE_CHECKING:
@@ -125,17 +126,10 @@ def _watched(probabilities: list[float], watch_tokens: int | None) -> list[float
 
 def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
     """What a stop monitor does, from a plain pass watched over the whole reply (and, for a
-    ``reply_end`` monitor, its replies' final explanations in ``gen.final``)."""
-    if monitor.reply_end:
-        fired = [
-            len(p) if f >= monitor.threshold else None
-            for p, f in zip(gen.probabilities, gen.final, strict=True)
-        ]
-    else:
-        fired = [
-            first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
-            for p in gen.probabilities
-        ]
+    ``reply_end`` monitor, its replies' final explanations in ``gen.final``): the monitor's
+    own rules replayed over the recorded probabilities."""
+    finals: list[float | None] = [*gen.final] or [None] * len(gen.probabilities)
+    fired = [replay(monitor, p, f) for p, f in zip(gen.probabilities, finals, strict=True)]
     replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
     return Generation(replies, fired, gen.probabilities, gen.final)
 
@@ -312,19 +306,6 @@ def _inputs(config: DetoxConfig) -> tuple[list[str], list[str], set[str]]:
     return bt, xst, set(read_prompts(config.harmful))
 
 
-def _plain_pass(ev: _Evaluation, watch: Monitor | None, n: int, progress: bool) -> tuple:
-    """SEER's plain replies, watched in shadow mode, with the replies' final probabilities."""
-    ex, bt, xst = ev.explainer, ev.bt, ev.xst
-    bt_gen = _generate(ex, bt, True, watch, n, progress and "seer: BT")
-    xst_gen = _generate(ex, xst, True, watch, n, progress and "seer: XST")
-    if watch is not None:
-        for gen, prompts, name in ((bt_gen, bt, "BT"), (xst_gen, xst, "XST")):
-            desc = progress and f"seer: {name} reply ends"
-            replies: list[str | None] = list(gen.replies)
-            gen.final = ex.final_probability(watch.concept, prompts, replies, progress=desc)
-    return bt_gen, xst_gen
-
-
 def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate base and SEER (optionally with monitors: each mode at each threshold) on BT
     and XST; writes ``DIR/detox/<variant>.json`` with the replies, and, when the run has the
@@ -363,7 +344,9 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
             _generate(explainer, xst, False, None, n, progress and "base: XST"),
             None,
         )
-    bt_gen, xst_gen = _plain_pass(ev, watch, n, progress)
+    # The watched pass also records each reply's final explanation (gen.final).
+    bt_gen = _generate(explainer, bt, True, watch, n, progress and "seer: BT")
+    xst_gen = _generate(explainer, xst, True, watch, n, progress and "seer: XST")
     plain = ev.record("seer", bt_gen, xst_gen, None)
     if watch is not None:
         ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, concept)

@@ -4,7 +4,9 @@ A stop monitor does not touch the generation before it fires, so one watched pas
 ``watch``-mode monitor recording the unsafe probability after every forward pass) decides
 what a stop monitor of ANY threshold would have done: it fires at the first pass whose
 probability reaches the threshold and answers with its refusal; otherwise the reply is the
-plain one. ``tests/test_explain.py`` checks this equivalence against real stop-mode runs.
+plain one (:func:`seer.inference.monitor.replay` runs the monitor's own rules over one row;
+here a row fires at threshold ``t`` exactly when its peak reaches ``t``).
+``tests/test_explain.py`` checks this equivalence against real stop-mode runs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["best_within", "cross_fitted_stop", "first_crossing", "plot_tradeoff", "stop_curve"]
-
-
-def first_crossing(probabilities: Sequence[float], threshold: float) -> int | None:
-    """The pass where a monitor of ``threshold`` fires (``None``: never)."""
-    return next((k for k, p in enumerate(probabilities) if p >= threshold), None)
+__all__ = ["best_within", "cross_fitted_stop", "plot_tradeoff", "stop_curve"]
 
 
 def _peaks(rows: Sequence[Sequence[float]]) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from seer.core.formatting import POSITIONS
 from seer.errors import SeerError
 
-__all__ = ["DEFAULT_TARGET_MODULES", "TrainConfig"]
+__all__ = ["DEFAULT_TARGET_MODULES", "TRAINER_FIELDS", "TrainConfig"]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -23,6 +23,17 @@ DEFAULT_TARGET_MODULES = (
     "gate_proj",
     "up_proj",
     "down_proj",
+)
+
+# TrainConfig fields that are TrainingArguments fields of the same name and meaning.
+TRAINER_FIELDS = (
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "bf16",
+    "fp16",
+    "save_total_limit",
+    "dataloader_num_workers",
 )
 
 
@@ -113,7 +124,23 @@ class TrainConfig:
         "parameters or more, a larger one below (the values and their measurements: "
         "docs/results.md)",
     )
-    gradient_checkpointing: bool = _f(False, "trade compute for memory (large models on GPUs)")
+    micro_batch_size: int | None = _f(
+        None,
+        "pairs per forward pass; below --batch-size, gradient caching (Gao et al. 2021) gives "
+        "the contrastive loss the whole batch at the memory of a micro-batch. None: the whole "
+        "batch at once",
+    )
+    memory_budget: float | None = _f(
+        None,
+        "GiB a training step may use; gradient checkpointing turns on when the estimated peak "
+        "of the largest batch exceeds it, and training refuses to start when even that does "
+        "not fit. None: the memory the machine (or the GPU) has free",
+    )
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute activations in backward to save memory, always; otherwise it turns on by "
+        "itself when the step would not fit in --memory-budget",
+    )
     pad_to_multiple_of: int | None = _f(None, "round padded lengths up (e.g. 64 on GPUs)")
     # --- run ---------------------------------------------------------------------------
     output: str = _f("runs/seer", "run folder to write (written atomically)")
@@ -121,6 +148,15 @@ class TrainConfig:
     checkpoint_every: int = _f(50, "save a resumable checkpoint every N steps")
     resume: bool = _f(False, "continue from the last checkpoint of an interrupted run at --output")
     logging_steps: int = _f(5, "log the loss parts every N steps")
+    # --- trainer (passed to transformers.TrainingArguments) ----------------------------
+    gradient_accumulation_steps: int = _f(1, "steps whose gradients are summed per update")
+    lr_scheduler_type: str = _f("constant", "learning-rate schedule (a transformers SchedulerType)")
+    warmup_steps: int = _f(0, "linear warm-up of the learning rate over this many updates")
+    bf16: bool = _f(False, "bfloat16 autocast (CPUs with AVX-512 BF16, recent GPUs)")
+    fp16: bool = _f(False, "float16 autocast with loss scaling (GPUs)")
+    report_to: tuple[str, ...] = _f(("none",), "trackers for the logs: none, tensorboard, wandb")
+    save_total_limit: int | None = _f(1, "checkpoints kept (the latest); None: all")
+    dataloader_num_workers: int = _f(0, "worker processes that collate batches")
 
     def __post_init__(self) -> None:
         self.positions = tuple(self.positions)
@@ -170,8 +206,43 @@ class TrainConfig:
             raise SeerError(f"--max-per-concept must be at least 2, got {self.max_per_concept}")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
             raise SeerError(f"--pad-to-multiple-of must be positive, got {self.pad_to_multiple_of}")
+        self._check_trainer_fields()
         if self.layer is not None and self.layer < 0:
             raise SeerError(f"--layer must be >= 0 (0 is the first block), got {self.layer}")
+
+    def _check_trainer_fields(self) -> None:
+        from transformers.trainer_utils import SchedulerType  # heavy: only when validating
+
+        self.report_to = tuple(self.report_to)
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SeerError(f"{_flag(name)} must be a positive integer, got {value}")
+        for name in ("warmup_steps", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                raise SeerError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        budget = self.memory_budget
+        if budget is not None and not 0 < budget < math.inf:
+            raise SeerError(f"--memory-budget is in GiB and must be > 0 (e.g. 8), got {budget}")
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise SeerError(
+                f"--lr-scheduler-type {self.lr_scheduler_type!r} is not a transformers "
+                f"scheduler; use one of {schedulers}"
+            )
+        if self.bf16 and self.fp16:
+            raise SeerError("--bf16 and --fp16 are both set; choose one mixed precision")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise SeerError(f"--report-to {list(self.report_to)} mixes 'none' with trackers")
+
+    def trainer_arguments(self) -> dict[str, Any]:
+        """The fields passed through to ``transformers.TrainingArguments`` as they are."""
+        return {name: getattr(self, name) for name in TRAINER_FIELDS} | {
+            "report_to": list(self.report_to),
+            "seed": self.seed,
+            "logging_steps": self.logging_steps,
+            "save_steps": self.checkpoint_every,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -182,5 +253,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config as saved with a run (``seer.json``'s ``config``); fields added since the
+        run was trained take their defaults, names no longer known are dropped."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
