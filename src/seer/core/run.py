@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seer.core.data import read_jsonl
+from seer.core.folders import check_target, partial_path, replace_folder
 from seer.errors import SeerError
 
 __all__ = [
@@ -74,8 +74,7 @@ class Run:
 
 
 def partial_dir(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".partial")
+    return partial_path(output)
 
 
 def write_meta(folder: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
@@ -118,16 +117,12 @@ def read_run(path: str | Path) -> Run:
 
 
 def check_output(output: str | Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber a finished run unless asked to, and anything else always."""
+    """Refuse to clobber a finished run unless asked to, and anything else always
+    (the rule of :func:`seer.core.folders.check_target`); an interrupted run needs
+    ``--resume`` or ``--overwrite``. Call it while holding the output's lock."""
     output = Path(output)
     partial = partial_dir(output)
-    if output.exists() and not overwrite:
-        raise SeerError(f"{output} already exists; choose another --output or pass --overwrite")
-    if output.exists() and not (output / "seer.json").is_file() and any(_entries(output)):
-        raise SeerError(
-            f"{output} exists and is not a seer run folder; --overwrite replaces only run folders: "
-            "choose another --output"
-        )
+    check_target(output, overwrite)
     if partial.exists() and not resume and not overwrite:
         raise SeerError(
             f"{partial} holds an interrupted run; continue it with --resume, "
@@ -135,10 +130,6 @@ def check_output(output: str | Path, overwrite: bool, resume: bool) -> None:
         )
     if resume and not partial.exists():
         logger.warning("--resume: no interrupted run at %s; starting a new run", partial)
-
-
-def _entries(folder: Path) -> list[Path]:
-    return list(folder.iterdir()) if folder.is_dir() else [folder]
 
 
 def last_checkpoint(output: str | Path) -> Path | None:
@@ -156,15 +147,7 @@ def finalize(partial: Path, output: str | Path) -> Path:
     The checkpoints are removed only after the move: a kill at any moment leaves either a
     resumable ``DIR.partial`` or a complete ``DIR``.
     """
-    output = Path(output)
-    if output.exists():
-        old = output.with_name(output.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(partial, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, output)
+    output = replace_folder(partial, output)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     (output / "config.json").unlink(missing_ok=True)  # the config is in seer.json
     return output

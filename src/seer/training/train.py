@@ -16,6 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
+from seer.core.folders import claim_output
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
 from seer.core.models import fingerprint, load_model
@@ -24,9 +25,10 @@ from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, 
 from seer.errors import SeerError
 from seer.evaluation.calibration import calibrate
 from seer.evaluation.metrics import compute_prototypes
-from seer.training.config import TrainConfig
+from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
+from seer.training.summary import RunClock, whole_run_loss
 from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
 __all__ = ["default_layer", "train"]
@@ -62,6 +64,12 @@ def _lora_targets(model: torch.nn.Module, wanted: tuple[str, ...]) -> list[str]:
         raise SeerError(
             f"none of the LoRA target modules {list(wanted)} exist in this model; its linear "
             f"layers are named {sorted(names)}: pass --target-modules with some of those"
+        )
+    unknown = [t for t in wanted if t not in names]
+    if unknown and tuple(wanted) != DEFAULT_TARGET_MODULES:  # the defaults fit models partly
+        raise SeerError(
+            f"--target-modules {unknown} match no module of this model; its linear layers are "
+            f"named {sorted(names)}: pass only those"
         )
     return found
 
@@ -112,12 +120,34 @@ def train(
     """Train SEER as configured and write the run folder; returns its path.
 
     ``model``/``tokenizer`` may be passed in (e.g. a tiny test model) instead of loading
-    ``config.model``.
+    ``config.model``. The output folder is locked while it is written (one writer at a
+    time); a run that fails leaves no ``.partial`` unless it holds a checkpoint.
     """
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
-    main = int(os.environ.get("RANK", "0")) == 0
-    if main:
+    clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(config, model, tokenizer, progress, clock, main=False)
+    with claim_output(
+        config.output,
+        config.overwrite,
+        keep_partial=lambda _: last_checkpoint(config.output) is not None,
+    ) as claim:
+        claim.partial_existed &= config.resume  # --overwrite discards an old one anyway
         check_output(config.output, config.overwrite, config.resume)
+        try:
+            return _train(config, model, tokenizer, progress, clock, main=True)
+        finally:
+            clock.save()  # into DIR.partial, if the run stopped before its end
+
+
+def _train(
+    config: TrainConfig,
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    progress: bool,
+    clock: RunClock,
+    main: bool,
+) -> Path:
     started = time.time()
     partial = partial_dir(config.output)
     # Everything that can fail on bad input happens before anything is written.
@@ -219,6 +249,7 @@ def train(
     resume_from = str(checkpoint) if checkpoint else None
     if resume_from:
         logger.info("resuming from %s", resume_from)
+    trainer.add_callback(clock)
     with StopOnSignal() as stop:
         trainer.add_callback(stop)
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -257,7 +288,16 @@ def train(
     calibration = calibrate(reps_test, [r["concept"] for r in test_rows], names, protos)
 
     peft_model.save_pretrained(str(partial / "adapter"))
-    log_history = trainer.state.log_history
+    resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    train_loss = whole_run_loss(
+        trainer.state.log_history, resumed_at, trainer.state.global_step, result.training_loss
+    )
+    log_history = [
+        {**e, "train_loss": train_loss, "seconds": round(clock.seconds, 1)}
+        if "train_loss" in e
+        else e
+        for e in trainer.state.log_history
+    ]
     (partial / "train_log.jsonl").write_text(
         "".join(json.dumps(e) + "\n" for e in log_history), encoding="utf-8"
     )
@@ -276,8 +316,8 @@ def train(
             "examples": len(train_rows),
             "held_out": len(test_rows),
             "pairs": len(pairs),
-            "seconds": round(time.time() - started, 1),
-            "train_loss": result.training_loss,
+            "seconds": round(clock.seconds, 1),  # every process's, across --resume
+            "train_loss": train_loss,
         },
     }
     write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))

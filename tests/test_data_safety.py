@@ -1,0 +1,245 @@
+"""No command destroys or corrupts a user's data: the overwrite rule, one writer per output
+folder, nothing half-written left by a failed run, whole-run summaries after --resume."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
+
+from seer import cli
+from seer.core.folders import check_target, claim_output, lock_path
+from seer.core.run import load_trained, read_run
+from seer.errors import SeerError
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama and its tokenizer saved as a model folder, for CLI runs."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = make_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train_argv(model_dir: Path, folder: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "--quiet",
+        "train",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(write_concepts(folder / "concepts.jsonl")),
+        "--retain-data",
+        str(write_retain(folder / "retain.jsonl")),
+        "--output",
+        str(output),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--layer",
+        "1",
+        "--test-fraction",
+        "0.34",
+        *extra,
+    ]
+
+
+def seer_process(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "SEER_CACHE": str(cwd / "cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "seer.cli", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model_dir):
+    folder = tmp_path_factory.mktemp("run")
+    assert cli.main(train_argv(model_dir, folder, folder / "run")) == 0
+    return folder / "run"
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
+    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+    return lines[0]
+
+
+# --- the overwrite rule ------------------------------------------------------------------------
+
+
+def test_export_overwrite_keeps_a_users_folder(tmp_path, run_dir, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert cli.main(["export", str(run_dir), str(mine), "--overwrite"]) == 2
+    assert "not a seer run folder" in one_error_line(capsys.readouterr().err)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_export_overwrite_never_replaces_the_runs_parent(tmp_path, run_dir, capsys):
+    parent = tmp_path / "P"
+    parent.mkdir()
+    run = parent / "run"
+    os.symlink(run_dir, run)
+    (parent / "keep.txt").write_text("x")
+    (parent / "seer.json").write_text("{}")  # even one that looks like seer's
+    assert cli.main(["export", str(run), str(parent), "--overwrite"]) == 2
+    assert "which this command reads" in one_error_line(capsys.readouterr().err)
+    assert (parent / "keep.txt").read_text() == "x" and run_dir.is_dir()
+
+
+def test_overwrite_replaces_only_what_seer_wrote(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SeerError, match="not a folder"):
+        check_target(tmp_path / "file", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    check_target(tmp_path / "empty", overwrite=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "seer.json").write_text("{}")
+    check_target(tmp_path / "old", overwrite=True)
+    with pytest.raises(SeerError, match="already exists"):
+        check_target(tmp_path / "old", overwrite=False)
+
+
+def test_export_overwrites_an_earlier_export(tmp_path, run_dir, capsys):
+    out = tmp_path / "merged"
+    assert cli.main(["export", str(run_dir), str(out)]) == 0
+    assert cli.main(["export", str(run_dir), str(out), "--overwrite"]) == 0
+    assert (out / "seer.json").is_file() and not lock_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temporary folders left
+
+
+# --- one writer at a time ----------------------------------------------------------------------
+
+
+def test_a_live_writer_is_named_and_a_stale_lock_taken_over(tmp_path, caplog):
+    out = tmp_path / "run"
+    live = f"being written by process {os.getpid()} on"
+    with (
+        claim_output(out, overwrite=False),
+        pytest.raises(SeerError, match=live),
+        claim_output(out, overwrite=False),
+    ):
+        pass
+    assert not lock_path(out).exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": time.time()}
+    lock_path(out).write_text(json.dumps(holder))
+    with claim_output(out, overwrite=False) as claim:
+        assert claim.output == out
+    assert f"took over the stale lock {lock_path(out)} of process {holder['pid']}" in caplog.text
+
+
+def test_two_trains_on_one_output(tmp_path, model_dir):
+    out = tmp_path / "run"
+    argv = train_argv(model_dir, tmp_path, out)
+    procs = [seer_process(argv, tmp_path) for _ in range(2)]
+    results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    refused = next(r for r in results if r[0] == 2)
+    line = one_error_line(refused[2])
+    assert "being written by process" in line or "already exists" in line, line
+    assert not lock_path(out).exists() and not (tmp_path / "run.partial").exists()
+    run = read_run(out)
+    assert (out / "split" / "test.jsonl").is_file() and (out / "retain.jsonl").is_file()
+    evaluate = seer_process(
+        ["--quiet", "evaluate", str(out), "--no-sweep", "--no-figures"], tmp_path
+    )
+    code, _, err = evaluate.wait(timeout=900), *evaluate.communicate()
+    assert code == 0, err
+    assert run.concepts == ["cooking", "space", "sports"]
+
+
+# --- failed runs leave nothing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--target-modules", "foo", "bar"], "none of the LoRA target modules"),
+        (["--target-modules", "q_proj", "foo"], "'foo'"),
+        (["--retain-data", "MISSING.jsonl"], "does not exist"),
+        (["--retain-data", "WRONG.jsonl"], "'prompt'"),
+        (["--format-probs", "nan", "0", "0"], "--format-probs"),
+    ],
+)
+def test_a_failed_train_leaves_no_partial(tmp_path, model_dir, capsys, extra, fragment):
+    (tmp_path / "WRONG.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    extra = [str(tmp_path / e) if e.endswith(".jsonl") else e for e in extra]
+    status = cli.main(train_argv(model_dir, tmp_path, tmp_path / "out" / "run", *extra))
+    assert status == 2
+    assert fragment in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # nor the parent it made
+
+
+def test_a_lone_surrogate_is_refused_before_anything_is_written(tmp_path, model_dir, capsys):
+    argv = train_argv(model_dir, tmp_path, tmp_path / "run")
+    data = tmp_path / "concepts.jsonl"
+    lines = data.read_text().splitlines()
+    lines[3] = json.dumps({"prompt": "bad \ud800 text", "concept": "cooking"})  # JSON escape
+    data.write_text("\n".join(lines) + "\n")
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "line 4" in line and "surrogate" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+# --- whole-run summaries -----------------------------------------------------------------------
+
+
+def test_resume_summary_covers_the_whole_run(tmp_path, model_dir, monkeypatch, capsys):
+    import importlib
+
+    argv = train_argv(
+        model_dir, tmp_path, tmp_path / "run", "--epochs", "4", "--logging-steps", "1"
+    )
+    assert cli.main([*argv, "--output", str(tmp_path / "ref")]) == 0
+    train_module = importlib.import_module("seer.training.train")
+
+    def interrupt(*args, **kwargs):
+        time.sleep(1.0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "compute_prototypes", interrupt)
+    assert cli.main(argv) == 130
+    monkeypatch.undo()
+    assert cli.main([*argv, "--resume"]) == 0
+    ref, run = read_run(tmp_path / "ref").meta["train"], read_run(tmp_path / "run").meta["train"]
+    assert run["steps"] == ref["steps"] > 0
+    logs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = {e["step"]: e["loss"] for e in logs if "loss" in e}  # one line a step
+    assert sorted(losses) == list(range(1, ref["steps"] + 1))
+    whole = sum(losses.values()) / len(losses)  # what an uninterrupted run reports
+    assert run["train_loss"] == pytest.approx(whole, rel=1e-6)
+    assert ref["train_loss"] == pytest.approx(
+        sum(
+            e["loss"]
+            for e in map(json.loads, (tmp_path / "ref" / "train_log.jsonl").open())
+            if "loss" in e
+        )
+        / ref["steps"],
+        rel=1e-6,
+    )
+    assert run["seconds"] >= 1.0  # the first process's time (it slept 1 s) is counted
+    final = [e for e in logs if "train_loss" in e]
+    assert final[-1]["train_loss"] == run["train_loss"] and final[-1]["seconds"] == run["seconds"]
+    load_trained(tmp_path / "run")
