@@ -1,8 +1,10 @@
 """No command destroys or corrupts a user's data: the overwrite rule, one writer per output
 folder, nothing half-written left by a failed run, whole-run summaries after --resume."""
 
+import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -243,3 +245,85 @@ def test_resume_summary_covers_the_whole_run(tmp_path, model_dir, monkeypatch, c
     final = [e for e in logs if "train_loss" in e]
     assert final[-1]["train_loss"] == run["train_loss"] and final[-1]["seconds"] == run["seconds"]
     load_trained(tmp_path / "run")
+
+
+# --- damaged run and model folders: one line, no traceback -------------------------------------
+
+
+def damaged_copy(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "damaged"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def edit_meta(run: Path, **changes) -> None:
+    meta = json.loads((run / "seer.json").read_text())
+    meta.update(changes)
+    (run / "seer.json").write_text(json.dumps(meta))
+
+
+DAMAGE = {
+    "adapter weights missing": (
+        lambda r: (r / "adapter" / "adapter_model.safetensors").unlink(),
+        "adapter",
+    ),
+    "adapter weights truncated": (
+        lambda r: truncate(r / "adapter" / "adapter_model.safetensors"),
+        "adapter",
+    ),
+    "adapter folder missing": (lambda r: shutil.rmtree(r / "adapter"), "adapter"),
+    "seer.json null": (lambda r: (r / "seer.json").write_text("null"), "not a JSON object"),
+    "seer.json a number": (lambda r: (r / "seer.json").write_text("3"), "not a JSON object"),
+    "layer out of range": (lambda r: edit_meta(r, layer=99), "layer 99"),
+    "concepts and prototypes differ": (
+        lambda r: edit_meta(r, concepts=["cooking", "space"]),
+        "lists 2 concepts but prototypes.safetensors holds 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+@pytest.mark.parametrize("command", ["explain", "export"])
+def test_a_damaged_run_is_one_line(tmp_path, run_dir, capsys, case, command):
+    damage, fragment = DAMAGE[case]
+    run = damaged_copy(run_dir, tmp_path)
+    damage(run)
+    argv = [command, str(run), *(["--prompt", "hi"] if command == "explain" else [])]
+    status = cli.main([*argv, *([str(tmp_path / "merged")] if command == "export" else [])])
+    assert status == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert fragment in line and "causal LM" not in line, line
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+
+
+def test_a_truncated_model_is_one_line(tmp_path, model_dir, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    truncate(model / "model.safetensors")
+    argv = train_argv(model, tmp_path, tmp_path / "run")
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "model.safetensors" in line and "truncated or corrupt" in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_a_missing_optional_package_is_named(tmp_path, model_dir, capsys):
+    """A tokenizer that needs sentencepiece (not installed here): say what to install."""
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed")
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (model / "tokenizer.json").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "LlamaTokenizer"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "tokenizer.model").write_bytes(b"\x00" * 16)
+    assert cli.main(train_argv(model, tmp_path, tmp_path / "run")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "pip install" in line and "not installed" in line and "needs config.json" not in line

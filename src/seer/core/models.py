@@ -7,11 +7,13 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -129,7 +131,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or _default_dtype(device)
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError, SafetensorError) as exc:
+        _explain_load_error(path, exc)
         if Path(path).exists():
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SeerError(
@@ -149,6 +152,26 @@ def load_model(
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
+
+
+def _explain_load_error(path: str, exc: BaseException) -> None:
+    """Raise a SeerError for the load failures whose cause is known: a missing package,
+    damaged weights."""
+    text = " ".join(str(exc).split())
+    package = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    hint = re.search(r"pip install ([\w.\-\[\]]+)", text)
+    if package or hint:
+        name = hint.group(1) if hint else package
+        raise SeerError(
+            f"loading the model {path} needs the package {name!r}, which is not installed: "
+            f"pip install {name}"
+        ) from exc
+    if isinstance(exc, SafetensorError) or "deserializ" in text or "header" in text.lower():
+        files = sorted(p.name for p in Path(path).glob("*.safetensors")) or ["the weights"]
+        raise SeerError(
+            f"{path}: {', '.join(files)} is truncated or corrupt ({text[:120]}); copy the model "
+            "folder again, or save it again with save_pretrained"
+        ) from exc
 
 
 def fingerprint(model: torch.nn.Module) -> str:

@@ -31,9 +31,12 @@ from seer.errors import SeerError
 __all__ = [
     "FORMAT_VERSION",
     "Run",
+    "check_layer",
     "check_output",
     "finalize",
     "last_checkpoint",
+    "load_run_model",
+    "load_trained",
     "partial_dir",
     "read_run",
 ]
@@ -98,7 +101,12 @@ def read_run(path: str | Path) -> Run:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SeerError(f"{meta_file} is corrupt ({exc}); train the run again") from exc
-    version = meta.get("format_version", 0) if isinstance(meta, dict) else 0
+    if not isinstance(meta, dict):
+        raise SeerError(
+            f"{meta_file} is not a JSON object (it holds {type(meta).__name__!s}); it is "
+            "corrupt: train the run again"
+        )
+    version = meta.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SeerError(
             f"{path} was written by a newer seer (run format {version}; this seer reads up to "
@@ -113,7 +121,39 @@ def read_run(path: str | Path) -> Run:
         raise SeerError(
             f"{path / 'prototypes.safetensors'} is missing or corrupt; train the run again"
         ) from exc
+    _check_meta(meta_file, meta, prototypes)
     return Run(path=path, meta=meta, prototypes=prototypes, concepts=list(meta["concepts"]))
+
+
+def _check_meta(meta_file: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
+    """The fields every command relies on have the right types and agree with each other."""
+    fix = "the run folder is damaged: train the run again"
+    layer, concepts, positions = meta["layer"], meta["concepts"], meta["positions"]
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+        raise SeerError(f"{meta_file}: 'layer' is {layer!r}, not a block number; {fix}")
+    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+        raise SeerError(f"{meta_file}: 'concepts' is not a list of names; {fix}")
+    if not isinstance(positions, list) or not positions:
+        raise SeerError(f"{meta_file}: 'positions' is not a list of positions; {fix}")
+    if not isinstance(meta["config"], dict):
+        raise SeerError(f"{meta_file}: 'config' is not a JSON object; {fix}")
+    if prototypes.ndim != 2 or prototypes.shape[0] != len(concepts):
+        raise SeerError(
+            f"{meta_file} lists {len(concepts)} concepts but prototypes.safetensors holds "
+            f"{prototypes.shape[0] if prototypes.ndim else 0} prototypes; {fix}"
+        )
+
+
+def check_layer(run: Run, model: torch.nn.Module) -> None:
+    """The run's layer exists in ``model`` (a damaged seer.json can name any block)."""
+    from seer.core.layers import get_layers
+
+    n_layers = len(get_layers(model, run.config.get("layers_path")))
+    if not run.layer < n_layers:
+        raise SeerError(
+            f"{run.path / 'seer.json'} names layer {run.layer}, but its model has blocks "
+            f"0..{n_layers - 1}; the run folder is damaged: train the run again"
+        )
 
 
 def check_output(output: str | Path, overwrite: bool, resume: bool) -> None:
@@ -165,6 +205,7 @@ def load_trained(
     from seer.core.models import fingerprint, load_model
 
     run = read_run(path)
+    _check_adapter(run.path / "adapter")
     if model is None or tokenizer is None:
         model, tokenizer = load_model(run.meta["base_model"], device=device)
     found = fingerprint(model)
@@ -174,10 +215,47 @@ def load_trained(
             f"{run.meta['base_fingerprint']}), but the base model given has fingerprint {found}: "
             "its adapter fits only its own base model; load that one (same weights and revision)"
         )
+    check_layer(run, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not (run.path / "adapter" / "adapter_config.json").is_file():
-        raise SeerError(f"{run.path / 'adapter'} is missing or incomplete; train the run again")
-    peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SeerError(
+            f"{run.path / 'adapter'} could not be loaded ({first}); its weights are truncated "
+            "or corrupt: train the run again"
+        ) from exc
     peft_model.eval()
     return run, peft_model, tokenizer
+
+
+def _check_adapter(folder: Path) -> None:
+    if not folder.is_dir():
+        raise SeerError(
+            f"{folder} is missing: this run folder has no trained adapter (and no merged model, "
+            "which `seer export` writes); train the run again"
+        )
+    weights = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
+    if not (folder / "adapter_config.json").is_file() or not any(w.is_file() for w in weights):
+        raise SeerError(
+            f"{folder} is incomplete (it needs adapter_config.json and "
+            "adapter_model.safetensors); train the run again"
+        )
+
+
+def load_run_model(
+    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+):
+    """A run folder (base model + adapter) or an export (a merged model folder):
+    ``(run, model, tokenizer)``."""
+    path = Path(path)
+    if (path / "adapter").exists() or not (path / "config.json").is_file():
+        return load_trained(path, model=model, tokenizer=tokenizer, device=device)
+    from seer.core.models import load_model
+
+    run = read_run(path)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(str(path), device=device)
+    check_layer(run, model)
+    return run, model, tokenizer

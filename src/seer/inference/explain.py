@@ -25,7 +25,7 @@ from torch import nn
 
 from seer.core.formatting import encode, prompt_ids
 from seer.core.layers import StopForward, _hidden, _replace_hidden, get_layers, run_until
-from seer.core.run import Run, load_trained, read_run
+from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
 from seer.evaluation.calibration import softmax_probabilities
 
@@ -172,15 +172,7 @@ class Explainer:
     @classmethod
     def from_run(cls, path: str | Path, *, model: Any = None, tokenizer: Any = None) -> Explainer:
         """Load a run folder (base model + adapter) or a folder written by ``seer export``."""
-        path = Path(path)
-        if (path / "adapter").is_dir():
-            run, peft_model, tokenizer = load_trained(path, model=model, tokenizer=tokenizer)
-            return cls(peft_model, tokenizer, run)
-        from seer.core.models import load_model
-
-        run = read_run(path)
-        if model is None or tokenizer is None:
-            model, tokenizer = load_model(str(path))
+        run, model, tokenizer = load_run_model(path, model=model, tokenizer=tokenizer)
         return cls(model, tokenizer, run)
 
     @property
