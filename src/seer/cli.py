@@ -259,9 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first argument that is not UTF-8 (Python holds its bytes as lone surrogates)."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    flag = f"--{name.replace('_', '-')}" if name != "run" else "the run folder"
+                    byte = ord(text[exc.start]) & 0xFF
+                    return (
+                        f"{flag} is not valid UTF-8 text (byte 0x{byte:02x}); pass UTF-8, e.g. "
+                        "set a UTF-8 locale (LANG=C.UTF-8) or convert it with iconv"
+                    )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as exc:  # while starting: one line too
+        return _interrupted(exc)
+    if (bad := _not_utf8(args)) is not None:
+        print(f"seer: error: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -278,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        print(
-            f"seer: interrupted: {exc or 'rerun the same command with --resume to continue'}",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted(exc)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    hint = str(exc) or "rerun the same command (a `seer train` continues with --resume)"
+    print(f"seer: interrupted: {' '.join(hint.split())}", file=sys.stderr)
+    return 130
 
 
 def _json_default(obj: object) -> object:

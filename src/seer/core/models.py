@@ -26,6 +26,7 @@ from seer.errors import SeerError
 __all__ = [
     "EMBEDDED",
     "cache_dir",
+    "clamp_max_length",
     "context_length",
     "embedded_model_dir",
     "fingerprint",
@@ -102,6 +103,21 @@ def context_length(model: torch.nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def clamp_max_length(model: torch.nn.Module, max_length: int) -> int:
+    """``max_length``, or the model's context when that is shorter (with a warning): positions
+    beyond it were never trained and can crash the position encoding."""
+    context = context_length(model)
+    if context is not None and max_length > context:
+        logger.warning(
+            "--max-length %d is above the model's context of %d tokens; using %d",
+            max_length,
+            context,
+            context,
+        )
+        return context
+    return max_length
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -19,7 +19,7 @@ from seer.core.data import load_concepts, load_prompts, read_jsonl, split_exampl
 from seer.core.folders import claim_output
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
-from seer.core.models import fingerprint, load_model
+from seer.core.models import clamp_max_length, fingerprint, load_model
 from seer.core.represent import representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
@@ -170,6 +170,7 @@ def _train(
         (partial / "split").mkdir(exist_ok=True)
         write_jsonl(partial / "split" / "train.jsonl", train_rows)
         write_jsonl(partial / "split" / "test.jsonl", test_rows)
+    config.max_length = clamp_max_length(model, config.max_length)  # config.json keeps the asked
     base_fingerprint = fingerprint(model)
     concepts = sorted({row["concept"] for row in train_rows})
     logger.info(
