@@ -327,3 +327,42 @@ def test_a_missing_optional_package_is_named(tmp_path, model_dir, capsys):
     assert cli.main(train_argv(model, tmp_path, tmp_path / "run")) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "pip install" in line and "not installed" in line and "needs config.json" not in line
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def test_files_keep_the_users_umask(tmp_path, run_dir, model_dir):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "merged"
+        assert cli.main(["--quiet", "export", str(run_dir), str(out)]) == 0
+        run = tmp_path / "run"
+        assert cli.main(train_argv(model_dir, tmp_path, run)) == 0
+    finally:
+        os.umask(old)
+    for folder in (out, run):
+        for path in [folder, *folder.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_metrics_json_is_strict_json(tmp_path, run_dir, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+
+    def retention(*args, **kwargs):  # what a model whose perplexity overflows reports
+        nan, inf = float("nan"), float("inf")
+        return {"kl_nats_per_token": nan, "ppl_base": inf, "ppl_seer": -inf, "n_texts": 1}
+
+    monkeypatch.setattr(importlib.import_module("seer.evaluation.evaluate"), "retention", retention)
+    argv = ["--quiet", "evaluate", str(run), "--no-sweep", "--no-figures", "--generations", "0"]
+    assert cli.main(argv) == 0
+
+    def refuse(name):
+        raise AssertionError(f"{name} in metrics.json: strict JSON parsers reject it")
+
+    text = (run / "eval" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=refuse)
+    assert metrics["retention"]["kl_nats_per_token"] is None
+    assert metrics["retention"]["ppl_base"] is None and metrics["retention"]["n_texts"] == 1

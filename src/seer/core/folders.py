@@ -27,7 +27,15 @@ from pathlib import Path
 
 from seer.errors import SeerError
 
-__all__ = ["Claim", "check_target", "claim_output", "lock_path", "partial_path", "replace_folder"]
+__all__ = [
+    "Claim",
+    "apply_umask",
+    "check_target",
+    "claim_output",
+    "lock_path",
+    "partial_path",
+    "replace_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +233,27 @@ def claim_output(
             _remove_parents(claim.created)  # only those still empty
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give what seer wrote the modes the user's umask asks for: some writers (safetensors,
+    ``tempfile``) create files 0600 and folders 0700 whatever the umask."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def replace_folder(partial: Path, output: str | Path) -> Path:
-    """Atomically move the finished ``partial`` to ``output``, replacing an old one."""
+    """Atomically move the finished ``partial`` to ``output``, replacing an old one; its
+    modes follow the user's umask."""
     output = Path(output)
+    apply_umask(partial)
     if output.exists():
         old = output.with_name(f".{output.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from seer.core import strict_json
 from seer.core.data import read_jsonl
 from seer.core.folders import check_target, partial_path, replace_folder
 from seer.errors import SeerError
@@ -86,7 +87,7 @@ def write_meta(folder: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> 
         {"prototypes": prototypes.float().contiguous().cpu()},
         str(folder / "prototypes.safetensors"),
     )
-    (folder / "seer.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (folder / "seer.json").write_text(strict_json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def read_run(path: str | Path) -> Run:
