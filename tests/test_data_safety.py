@@ -366,3 +366,15 @@ def test_metrics_json_is_strict_json(tmp_path, run_dir, monkeypatch, capsys):
     metrics = json.loads(text, parse_constant=refuse)
     assert metrics["retention"]["kl_nats_per_token"] is None
     assert metrics["retention"]["ppl_base"] is None and metrics["retention"]["n_texts"] == 1
+
+
+def test_train_prints_only_its_result(tmp_path, model_dir):
+    """No Trainer metrics dict on stdout, no FutureWarning from the libraries on stderr."""
+    for quiet in ([], ["--quiet"]):
+        out = tmp_path / f"run{len(quiet)}"
+        argv = train_argv(model_dir, tmp_path, out)[1:]  # without --quiet
+        proc = seer_process([*quiet, *argv], tmp_path)
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr
+        assert stdout.splitlines() == [f"run written to {out}", f"next: seer evaluate {out}"]
+        assert "FutureWarning" not in stderr and "train_runtime" not in stderr, stderr

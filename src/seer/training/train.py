@@ -28,7 +28,7 @@ from seer.evaluation.metrics import compute_prototypes
 from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
-from seer.training.summary import RunClock, whole_run_loss
+from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
 __all__ = ["default_layer", "train"]
@@ -251,6 +251,7 @@ def _train(
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer.add_callback(clock)
+    logs_off_stdout(trainer)
     with StopOnSignal() as stop:
         trainer.add_callback(stop)
         result = trainer.train(resume_from_checkpoint=resume_from)
