@@ -1,22 +1,30 @@
 """No command destroys or corrupts a user's data: the overwrite rule, one writer per output
 folder, nothing half-written left by a failed run, whole-run summaries after --resume."""
 
+import contextlib
+import importlib
 import importlib.util
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
 
 from seer import cli
 from seer.core.folders import check_target, claim_output, lock_path
-from seer.core.run import load_trained, read_run
+from seer.core.run import FORMAT_VERSION, load_trained, read_run
 from seer.errors import SeerError
 
 TESTS = Path(__file__).parent
@@ -412,3 +420,207 @@ def test_make_demo_without_shared_uses_the_embedded_set(tmp_path, model_dir, cap
     tiny += ["--retain-data", str(write_retain(tmp_path / "retain.jsonl")), "--output", str(out)]
     assert cli.main(["--quiet", *train.split()[1:], *tiny]) == 0  # the demo's line, made tiny
     assert len(read_run(out).concepts) == 5
+
+
+# --- property: generated bad values -------------------------------------------------------------
+# Whatever a user types or a run folder holds, seer either works or says what is wrong in one
+# `seer: error:` line with status 2: no traceback, and no folder left half-written.
+
+
+class ReachedTheModel(Exception):
+    """The input passed every check: the command went on to load the model."""
+
+
+def _stop(*args, **kwargs):
+    raise ReachedTheModel
+
+
+numbers = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from(["nan", "inf", "-inf", "1e308", "-0.0", "0.5", "1", "2", "1e-9", "x", ""]),
+    st.integers(-(10**12), 10**12),
+).map(str)
+words = st.one_of(
+    st.sampled_from(["", " ", "paper", "supcon", "last", "user_end", "q_proj", "foo", "\ud800"]),
+    st.text(max_size=5),
+)
+PATHS = ["DATA", "MISSING", "FOLDER", "EMPTY", "BINARY", "", "donotanswer", "RUN"]
+OUTPUTS = ["OUT", "OUT/deep/er", "FOLDER", "EMPTY", "RUN", "TMP", ""]
+NUMERIC = [
+    "--batch-size",
+    "--epochs",
+    "--learning-rate",
+    "--layer",
+    "--max-length",
+    "--max-per-concept",
+    "--test-fraction",
+    "--temperature",
+    "--lora-dropout",
+    "--lora-r",
+    "--checkpoint-every",
+    "--seed",
+]
+WORDS = ["--objective", "--positions", "--target-modules", "--concept-column", "--prompt-column"]
+
+
+@st.composite
+def train_arguments(draw):
+    argv = ["train", "--data", draw(st.sampled_from(PATHS))]
+    argv += ["--output", draw(st.sampled_from(OUTPUTS))]
+    for flag in draw(st.lists(st.sampled_from(NUMERIC), max_size=4, unique=True)):
+        argv += [flag, draw(numbers)]
+    for flag in draw(st.lists(st.sampled_from(WORDS), max_size=2, unique=True)):
+        argv += [flag, *draw(st.lists(words, min_size=1, max_size=2))]
+    if draw(st.booleans()):
+        argv += ["--format-probs", *draw(st.lists(numbers, min_size=1, max_size=4))]
+    if draw(st.booleans()):
+        argv += ["--retain-data", draw(st.sampled_from(PATHS))]
+    argv += draw(st.lists(st.sampled_from(["--overwrite", "--resume", "--bogus"]), max_size=2))
+    return argv
+
+
+def _folder(tmp: Path) -> dict[str, str]:
+    (tmp / "FOLDER").mkdir()
+    (tmp / "FOLDER" / "mine.txt").write_text("keep")
+    (tmp / "EMPTY").write_text("")
+    (tmp / "BINARY").write_bytes(b"\xff\xfe\x00garbage")
+    run = tmp / "RUN"
+    run.mkdir()
+    (run / "seer.json").write_text("{}")
+    write_concepts(tmp / "DATA.jsonl")
+    names = {"DATA": "DATA.jsonl", "MISSING": "missing.csv", "TMP": "."}
+    return {k: str(tmp / names.get(k, k)) for k in (*PATHS, *OUTPUTS) if k.isupper()}
+
+
+def snapshot(tmp: Path) -> set[str]:
+    return {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
+
+
+def run_cli(argv: list[str]) -> tuple[int | None, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = cli.main(argv)
+        except SystemExit as exc:  # argparse
+            status = exc.code
+        except ReachedTheModel:
+            status = None
+    return status, err.getvalue()
+
+
+def assert_one_line(status, err: str) -> None:
+    assert "Traceback" not in err, err
+    if status in (0, None):
+        return
+    assert status == 2, (status, err)
+    lines = [x for x in err.splitlines() if x.startswith("seer: ")]
+    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(argv=train_arguments())
+def test_train_arguments(monkeypatch, argv):
+    monkeypatch.setattr(importlib.import_module("seer.training.train"), "load_model", _stop)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        names = _folder(tmp)
+        before = snapshot(tmp)
+        argv = [names.get(a, a) for a in argv]
+        status, err = run_cli(["--quiet", *argv])
+        event(f"status {status}")
+        assert_one_line(status, err)
+        assert snapshot(tmp) == before, argv  # nothing written, nothing removed
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 40),
+        st.floats(allow_nan=True),
+        st.text(max_size=4),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+GOOD_META = {
+    "format_version": FORMAT_VERSION,
+    "config": {},
+    "layer": 1,
+    "positions": ["last"],
+    "concepts": ["a", "b"],
+    "base_model": "tiny",
+    "base_fingerprint": "0" * 16,
+}
+
+
+@st.composite
+def run_folders(draw):
+    kind = draw(st.sampled_from(["document", "field", "prototypes"]))
+    meta: object = dict(GOOD_META)
+    protos: bytes | None = None
+    if kind == "document":
+        meta = draw(json_values)
+    elif kind == "field":
+        key = draw(st.sampled_from(sorted(GOOD_META)))
+        if draw(st.booleans()):
+            meta.pop(key)  # type: ignore[attr-defined]
+        else:
+            meta[key] = draw(json_values)  # type: ignore[index]
+    else:
+        protos = draw(st.binary(max_size=64))
+    return meta, protos
+
+
+@settings(max_examples=120, deadline=None)
+@given(folder=run_folders())
+def test_run_folder_loader(folder):
+    meta, protos = folder
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        run.mkdir()
+        (run / "seer.json").write_text(json.dumps(meta))
+        if protos is None:
+            save_file({"prototypes": torch.zeros(2, 8)}, str(run / "prototypes.safetensors"))
+        else:
+            (run / "prototypes.safetensors").write_bytes(protos)
+        try:
+            loaded = read_run(run)
+        except SeerError as exc:
+            assert "\n" not in str(exc).strip()
+            event("refused")
+            return
+        event("loaded")
+        assert len(loaded.concepts) == loaded.prototypes.shape[0] and loaded.layer >= 0
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(folder=run_folders(), command=st.sampled_from(["evaluate", "explain", "export"]))
+def test_commands_on_damaged_run_folders(monkeypatch, folder, command):
+    monkeypatch.setattr(importlib.import_module("seer.core.models"), "load_model", _stop)
+    meta, protos = folder
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        (run / "adapter").mkdir(parents=True)
+        (run / "adapter" / "adapter_config.json").write_text("{}")
+        (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+        (run / "seer.json").write_text(json.dumps(meta))
+        if protos is None:
+            save_file({"prototypes": torch.zeros(2, 8)}, str(run / "prototypes.safetensors"))
+        else:
+            (run / "prototypes.safetensors").write_bytes(protos)
+        extra = (
+            {"explain": ["--prompt", "hi"], "export": [str(Path(tmp) / "out")]}[command]
+            if command != "evaluate"
+            else []
+        )
+        status, err = run_cli(["--quiet", command, str(run), *extra])
+        event(f"status {status}")
+        assert_one_line(status, err)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["run"]

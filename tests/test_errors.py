@@ -191,6 +191,8 @@ def test_layer_out_of_range_writes_nothing(tmp_path, tokenizer):
 
 def _fake_run(path, **meta):
     (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_config.json").write_text("{}")  # present; never loaded here
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
     values = {
         "format_version": FORMAT_VERSION,
         "config": {},

@@ -11,6 +11,7 @@ import logging
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NoReturn
 
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
@@ -118,8 +119,18 @@ def _cmd_detox(args: argparse.Namespace) -> int:
     return detox_main(args)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``seer: error:`` line (status 2), like every other error; the
+    subcommands' parsers inherit it (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("seer").strip()
+        hint = f"see `seer {where} --help`" if where else "see `seer --help`"
+        self.exit(2, f"seer: error: {' '.join(message.split())} ({hint})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="seer", description="Make a language model explain itself (SEER)."
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
