@@ -130,9 +130,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="seer", description="Make a language model explain itself (SEER)."
-    )
+    parser = OneLineParser(prog="seer", description="Make a language model explain itself (SEER).")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     common = argparse.ArgumentParser(add_help=False)  # the same flags after the subcommand

