@@ -250,6 +250,7 @@ def test_resume_summary_covers_the_whole_run(tmp_path, model_dir, monkeypatch, c
         rel=1e-6,
     )
     assert run["seconds"] >= 1.0  # the first process's time (it slept 1 s) is counted
+    assert not (tmp_path / "run" / "elapsed.json").exists()  # bookkeeping of DIR.partial only
     final = [e for e in logs if "train_loss" in e]
     assert final[-1]["train_loss"] == run["train_loss"] and final[-1]["seconds"] == run["seconds"]
     load_trained(tmp_path / "run")

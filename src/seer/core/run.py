@@ -191,6 +191,7 @@ def finalize(partial: Path, output: str | Path) -> Path:
     output = replace_folder(partial, output)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     (output / "config.json").unlink(missing_ok=True)  # the config is in seer.json
+    (output / "elapsed.json").unlink(missing_ok=True)  # the seconds are in seer.json
     return output
 
 
