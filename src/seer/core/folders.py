@@ -181,7 +181,10 @@ def _make_parents(folder: Path) -> list[Path]:
     created = []
     for parent in reversed(folder.parents):
         if not parent.exists():
-            parent.mkdir()
+            try:
+                parent.mkdir()
+            except FileExistsError:  # another writer made it a moment ago
+                continue
             created.append(parent)
     return created
 
