@@ -157,7 +157,8 @@ def _acquire(path: Path, output: Path) -> int:
             holder = _read_lock(path)
             raise SeerError(
                 f"{output} is being written by {_describe(holder)} (lock {path}); wait for it to "
-                "finish or choose another output folder"
+                "finish or choose another output folder (if that process is gone, e.g. on another "
+                "machine, delete the lock file)"
             ) from None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
