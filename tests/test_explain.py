@@ -12,6 +12,7 @@ from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
 from seer.inference.explainer import Explainer, Monitor
+from seer.inference.monitor import replay
 from seer.training.config import TrainConfig
 from seer.training.train import train
 
@@ -274,7 +275,7 @@ def test_watch_mode_records_what_stop_would_do(explainer):
         watched.probabilities, stop.fired_at, stop.replies, plain.replies, strict=True
     ):
         first = next((k for k, p in enumerate(row) if p >= threshold), None)
-        assert at == first
+        assert at == first == replay(Monitor("space", threshold), row)
         assert reply == (plain_reply if first is None else Monitor("space").refusal)
 
 
@@ -316,6 +317,7 @@ def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
         assert (out.fired_at[i] is not None) == held
         one = explainer.generate(prompt, 5, monitor)
         assert (one.reply, one.intervened_at) == (out.replies[i], out.fired_at[i])
+        assert replay(monitor, [0.0] * len(one.trace), float(final[i])) == out.fired_at[i]
         if held:  # it acted after reading every generated token
             assert out.fired_at[i] > 0
     assert sum(r == "no." for r in out.replies) == 2

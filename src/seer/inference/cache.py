@@ -56,7 +56,10 @@ class KV:
         return KV(_cache(pairs), self.mask[i : i + 1, start:])
 
     def keep(self, rows: list[int]) -> KV:
-        """The given rows (in that order), with padding columns no kept row needs dropped."""
+        """The given rows (in that order), with padding columns no kept row needs dropped
+        (all rows in order: this batch itself, nothing copied)."""
+        if rows == list(range(self.rows)):
+            return self
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int((mask.sum(0) == 0).long().cumprod(0).sum()) if rows else 0

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Greedy", "TextStream", "cache_kwarg", "forward", "left_pad"]
+__all__ = ["Greedy", "TextStream", "cache_kwarg", "eos_ids", "forward", "left_pad"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str,
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _base(model: nn.Module) -> nn.Module:
+def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @functools.lru_cache(maxsize=16)
-def _parameters(model_type: type) -> frozenset[str]:
+def _parameters(model_type: Any) -> frozenset[str]:
     return frozenset(inspect.signature(model_type.forward).parameters)
 
 
@@ -69,13 +69,18 @@ def forward(
     )
 
 
+def eos_ids(model: nn.Module) -> set[int]:
+    """The token ids that end a reply (the generation config's ``eos_token_id``)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
 class Greedy:
     """Greedy next tokens from the last position's logits, as ``model.generate`` picks them."""
 
     def __init__(self, model: nn.Module) -> None:
         config = getattr(model, "generation_config", None)
-        eos = getattr(config, "eos_token_id", None)
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos = eos_ids(model)
         self.suppress = list(getattr(config, "suppress_tokens", None) or [])
         for name, default in _IGNORED.items():
             if getattr(config, name, default) not in (default, None):
@@ -97,7 +102,7 @@ class TextStream:
     of an unfinished multi-byte character until the token that completes it."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.tokens = tokenizer, []
+        self.tokenizer, self.tokens = tokenizer, list[int]()
         self.prefix = self.read = 0
 
     def _decode(self, tokens: list[int]) -> str:

@@ -18,55 +18,20 @@ event carries its :class:`RowResult`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from seer.core.formatting import prompt_ids
 from seer.errors import SeerError
+from seer.inference.events import RowEvent, RowResult
 from seer.inference.monitor import Monitor
-from seer.inference.readout import Explanation
 from seer.inference.rows import Row, Step
 
 if TYPE_CHECKING:
     from seer.inference.explainer import Explainer
 
 __all__ = ["Batch", "Engine", "RowEvent", "RowResult"]
-
-
-@dataclass
-class RowResult:
-    """A finished row: the reply (a stop monitor's refusal once it acted), the generated
-    tokens, where the monitor acted, what it watched, and the final explanation (read where
-    training reads it; for a stop monitor that fired, where it fired)."""
-
-    reply: str
-    tokens: list[int]
-    fired_at: int | None
-    probabilities: list[float]
-    explanation: Explanation | None
-    finish_reason: str
-    final: float | None = None  # the monitored concept in the final explanation
-
-
-@dataclass
-class RowEvent:
-    """Generated token ``index`` of a row (``-1``: the prompt's end), once the model has read
-    it: its text, the readout there, the monitor's status; the last event of a row has a
-    ``finish_reason`` (stop, length, monitor, cancelled) and the ``result``."""
-
-    row: int
-    index: int
-    token: int | None
-    text: str
-    cosines: np.ndarray
-    probabilities: np.ndarray
-    top: str
-    monitor: str
-    finish_reason: str | None = None
-    result: RowResult | None = None
 
 
 class Batch:

@@ -15,11 +15,11 @@ from seer.core.formatting import encode
 from seer.core.layers import add_to_layer, capture_layers, run_until
 from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
+from seer.inference.events import RowEvent, RowResult
 from seer.inference.monitor import Monitor, MonitorState
 from seer.inference.readout import NONE, Reading
 
 if TYPE_CHECKING:
-    from seer.inference.engine import RowEvent
     from seer.inference.explainer import Explainer
 
 __all__ = ["Row", "Step"]
@@ -63,8 +63,6 @@ class Row:
 
     def event(self, reading: Reading, i: int, text: str = "", **end: Any) -> RowEvent:
         """The event of the token this pass read (index -1: the prompt's end)."""
-        from seer.inference.engine import RowEvent  # the engine's public type; rows is its inside
-
         j = len(self.tokens) - 1
         cos, probs = reading.cosines[i], reading.probabilities[i]
         token = self.tokens[j] if j >= 0 else None
@@ -75,14 +73,12 @@ class Row:
             self.id, j, token, text, cos, probs, reading.top[i], self.state.status, **end
         )
 
-    def finish(self, event: RowEvent, result: Any) -> None:
+    def finish(self, event: RowEvent, result: RowResult) -> None:
         """Make ``event`` the row's last: its finish reason, result and final monitor status."""
         event.finish_reason, event.result = result.finish_reason, result
         event.monitor = self.state.status
 
-    def result(self, cos: np.ndarray, probs: np.ndarray, reply: str, reason: str) -> Any:
-        from seer.inference.engine import RowResult
-
+    def result(self, cos: np.ndarray, probs: np.ndarray, reply: str, reason: str) -> RowResult:
         if self.concept is not None:
             self.state.decide_at_end(len(self.tokens), probs[self.concept])
         reply = self.state.reply(reply)
@@ -101,8 +97,6 @@ class Row:
 
     def cancel_unstarted(self) -> RowEvent:
         """The only event of a row cancelled before its prompt was read."""
-        from seer.inference.engine import RowEvent, RowResult
-
         empty = np.zeros(0)
         result = RowResult("", [], None, [], None, "cancelled")
         return RowEvent(
@@ -144,7 +138,7 @@ class Step:
                 delta[i, 0] = row.steering
         return delta
 
-    def _pass(self, rows: list[Row], prefill: bool, **inputs: torch.Tensor) -> Reading:
+    def _pass(self, rows: list[Row], prefill: bool, **inputs: Any) -> Reading:
         self._forward, self._prefill = rows, prefill
         ex = self.explainer
         with add_to_layer(self.model, ex.layer, self._hook, layers_path=ex.layers_path):

@@ -107,7 +107,7 @@ def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
     """What a stop monitor does, from a plain pass watched over the whole reply (and, for a
     ``reply_end`` monitor, its replies' final explanations in ``gen.final``): the monitor's
     own rules replayed over the recorded probabilities."""
-    finals = gen.final or [None] * len(gen.probabilities)
+    finals: list[float | None] = [*gen.final] or [None] * len(gen.probabilities)
     fired = [replay(monitor, p, f) for p, f in zip(gen.probabilities, finals, strict=True)]
     replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
     return Generation(replies, fired, gen.probabilities, gen.final)
