@@ -267,3 +267,21 @@ def test_fsdp_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_f
             progress=False,
         )
     assert not (tmp_path / "run.partial").exists()  # refused before anything was written
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tmp_path, tokenizer, concept_file, retain_file
+):
+    plain = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    ds = plain.train_dataset
+    batch = plain.data_collator([ds[i] for i in range(4)])
+    expected = _grads(plain, batch)
+    ckpt = _trainer_on_tiny(
+        tmp_path, tokenizer, concept_file, retain_file, gradient_checkpointing=True
+    )
+    assert ckpt.args.activation_checkpointing and ckpt.model.is_gradient_checkpointing
+    for micro in (None, 2):  # alone, and with gradient caching
+        ckpt.seer_config.micro_batch_size = micro
+        got = _grads(ckpt, batch)
+        for name, grad in expected.items():
+            assert ((got[name] - grad).norm() / grad.norm()).item() < 1e-5, (micro, name)
