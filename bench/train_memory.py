@@ -216,10 +216,12 @@ def child_speed(args: argparse.Namespace) -> dict:
     trainer, b = _setup(args.data, 512, repeat=False, batch_size=args.batch_size)
     batches = [_batch(trainer, i, b) for i in range(1 + args.steps)]
     _step(trainer, batches[0], args.autocast)  # warm-up
-    walls, per_token, flops = [], [], []
+    walls, per_token, flops, real_share = [], [], [], []
     for batch in batches[1:]:
         wall = _step(trainer, batch, args.autocast)
-        real = sum(int(v["attention_mask"].sum()) for v in batch.values() if isinstance(v, dict))
+        parts = [v for v in batch.values() if isinstance(v, dict)]
+        real = sum(int(v["attention_mask"].sum()) for v in parts)
+        real_share.append(real / sum(v["input_ids"].numel() for v in parts))
         walls.append(wall)
         per_token.append(wall / real)
         flops.append(_flops(trainer, batch) / wall)
@@ -229,6 +231,8 @@ def child_speed(args: argparse.Namespace) -> dict:
         "model_flops": statistics.median(flops),
         "matmul_fp32_flops": _matmul_flops(),
         "threads": torch.get_num_threads(),
+        "checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "real_share": statistics.mean(real_share),
     }
 
 
@@ -310,7 +314,9 @@ def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
             f"speed {name}: {1e3 * s_tok:.2f} ms per real token, "
             f"{statistics.median(r['s_per_step'] for r in ok):.2f} s/step, model "
             f"{mflops / 1e9:.1f} GFLOP/s = {100 * mflops / peak:.0f}% of a float32 2048^2 "
-            f"matmul ({peak / 1e9:.0f} GFLOP/s, {ok[0]['threads']} threads), {len(ok)} rounds"
+            f"matmul ({peak / 1e9:.0f} GFLOP/s, {ok[0]['threads']} threads), {len(ok)} rounds, "
+            f"{100 * ok[0]['real_share']:.0f}% of padded tokens real, gradient checkpointing "
+            f"{'on' if ok[0]['checkpointing'] else 'off'}"
         )
     if "base" in summary and "current" in summary:
         print(f"seconds per real token current/base: {summary['current'] / summary['base']:.3f}")

@@ -24,12 +24,23 @@ import torch
 
 from seer.core.losses import KL_CHUNK_ELEMENTS
 
-__all__ = ["Dims", "MemoryPlan", "Shape", "estimate_step", "free_memory", "padding_share"]
+__all__ = [
+    "FREE_SHARE",
+    "Dims",
+    "MemoryPlan",
+    "Shape",
+    "estimate_step",
+    "free_memory",
+    "padding_share",
+]
 
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
 OVERHEAD = 1.15  # allocator fragmentation and short-lived copies, from the bench's measurements
+# The default budget: this share of the memory free at start, leaving room for the estimate's
+# error and for whatever else the machine runs meanwhile.
+FREE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
