@@ -123,7 +123,7 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     )
 
 
-def _setup(data: str, max_length: int, repeat: bool, batch_size: int):
+def _setup(data: str, max_length: int, repeat: bool, batch_size: int, micro: int | None = None):
     import torch
 
     from seer.core.models import load_model
@@ -132,7 +132,8 @@ def _setup(data: str, max_length: int, repeat: bool, batch_size: int):
     torch.manual_seed(0)
     model, tokenizer = load_model("embedded", device="cpu", dtype=torch.float32)
     rows, retain = _rows(data, max_length if repeat else None)
-    config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0)
+    extra = {"micro_batch_size": micro} if micro else {}  # gradient caching: current code only
+    config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
     # Trainer.train() sets this per update; the code before issue 15 needs it for a lone step
@@ -187,7 +188,9 @@ def _matmul_flops(n: int = 2048) -> float:
 def child_memory(args: argparse.Namespace) -> dict:
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    trainer, b = _setup(args.data, args.length, repeat=True, batch_size=args.batch_size)
+    trainer, b = _setup(
+        args.data, args.length, repeat=True, batch_size=args.batch_size, micro=args.micro_batch_size
+    )
     batch = _batch(trainer, 0, b)
     padded = {k: tuple(v["input_ids"].shape) for k, v in batch.items() if isinstance(v, dict)}
     with open("/proc/self/clear_refs", "w") as f:
@@ -253,6 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=DATA, help="BeaverTails CSV (prompt, response, value)")
     p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, help="memory table: gradient caching")
     p.add_argument("--limit-gb", type=float, default=21.0, help="address-space cap of a child")
     p.add_argument("--steps", type=int, default=3, help="timed speed steps after 1 warm-up")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of speed children")
@@ -272,6 +276,7 @@ def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
     print(f"{'tokens':>6} " + " ".join(f"{v + ' peak MiB':>18} {'step MiB':>9}" for v in versions))
     for n in args.lengths:
         extra = ["--length", str(n), "--batch-size", str(args.batch_size), "--data", args.data]
+        extra += ["--micro-batch-size", str(args.micro_batch_size)] * bool(args.micro_batch_size)
         extra += ["--limit-gb", str(args.limit_gb)]
         for v, src in versions.items():
             results[v][n] = run_child(src, "memory", extra)
@@ -335,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     versions = versions or {"current": current}
     if args.only:
         versions = {args.only: versions[args.only]}
-    print(f"B={args.batch_size} pairs, embedded model, float32; versions: {versions}")
+    micro = f", micro-batches of {args.micro_batch_size}" if args.micro_batch_size else ""
+    print(f"B={args.batch_size} pairs{micro}, embedded model, float32; versions: {versions}")
     if not args.no_speed:
         _speed(args, versions)
     if args.no_memory:
