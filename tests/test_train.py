@@ -285,3 +285,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(
         got = _grads(ckpt, batch)
         for name, grad in expected.items():
             assert ((got[name] - grad).norm() / grad.norm()).item() < 1e-5, (micro, name)
+
+
+def test_train_help_lists_the_memory_and_trainer_options(capsys):
+    from seer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--micro-batch-size", "--memory-budget", "--lr-scheduler-type", "--report-to"):
+        assert flag in out
