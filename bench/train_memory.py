@@ -185,6 +185,20 @@ def _matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / best
 
 
+def _estimate(trainer) -> float | None:
+    """The memory plan's estimate of the schedule's largest step (current code only), MiB."""
+    try:
+        from seer.training.build import plan_memory
+    except ImportError:
+        return None
+    from seer.core.layers import get_layers
+
+    cfg, n_layers = trainer.seer_config, len(get_layers(trainer.model))
+    modules = len(cfg.target_modules)  # SmolLM2 has all seven
+    plan = plan_memory(cfg, trainer.model, trainer.train_dataset, trainer.layer, n_layers, modules)
+    return plan.estimate / 2**20
+
+
 def child_memory(args: argparse.Namespace) -> dict:
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -193,6 +207,7 @@ def child_memory(args: argparse.Namespace) -> dict:
     )
     batch = _batch(trainer, 0, b)
     padded = {k: tuple(v["input_ids"].shape) for k, v in batch.items() if isinstance(v, dict)}
+    estimate = _estimate(trainer)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
     before = _status_kib("VmRSS")
@@ -209,6 +224,7 @@ def child_memory(args: argparse.Namespace) -> dict:
         "checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
         "peak_mib": _status_kib("VmHWM") / 1024,
         "growth_mib": (_status_kib("VmHWM") - before) / 1024,
+        "estimate_mib": estimate,
     }
 
 
@@ -290,6 +306,8 @@ def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
             else:
                 gc = "*" if r["checkpointing"] else " "
                 cells.append(f"{r['peak_mib']:>17.0f}{gc} {r['growth_mib']:>9.0f}")
+                if r.get("estimate_mib"):
+                    cells.append(f"(estimated step {r['estimate_mib']:.0f})")
         print(f"{n:>6} " + " ".join(cells), flush=True)
     print("* gradient checkpointing on; oom: allocation failed at the address-space cap")
     return results
