@@ -255,6 +255,58 @@ def child_speed(args: argparse.Namespace) -> dict:
     }
 
 
+def estimates(args: argparse.Namespace) -> None:
+    """The memory plan's estimates for the same steps, from a weightless (meta-device) model:
+    nothing is trained and no weights are loaded."""
+    import dataclasses
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from seer.core.models import resolve_model_path
+    from seer.training.build import default_layer, plan_memory
+    from seer.training.config import TrainConfig
+    from seer.training.pairs import PairDataset, build_pairs
+
+    path = resolve_model_path("embedded")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    n_layers = model.config.num_hidden_layers
+    layer = default_layer(n_layers)
+    base = TrainConfig(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size)
+    lora = LoraConfig(
+        r=base.lora_r,
+        lora_alpha=base.lora_alpha,
+        target_modules=list(base.target_modules),
+        layers_to_transform=list(range(layer + 1)),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    print(f"{'tokens':>6} {'estimate GiB':>13} {'with checkpointing':>19}")
+    for n in args.lengths:
+        rows, retain = _rows(args.data, n)
+        cfg = dataclasses.replace(base, max_length=n, epochs=1.0, memory_budget=1e6)
+        both = [True] * len(rows)
+        pairs = build_pairs(
+            [r["concept"] for r in rows],
+            both,
+            epochs=1.0,
+            batch_size=cfg.batch_size,
+            balanced=True,
+            format_probs=cfg.format_probs,
+            n_retain=len(retain),
+            seed=cfg.seed,
+        )[: cfg.batch_size]  # the step the memory table measures
+        dataset = PairDataset(rows, retain, pairs, tokenizer, n)
+        k = len(cfg.target_modules)
+        plain = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
+        cfg = dataclasses.replace(cfg, gradient_checkpointing=True)
+        ckpt = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
+        print(f"{n:>6} {plain / 2**30:>13.1f} {ckpt / 2**30:>19.1f}", flush=True)
+
+
 def run_child(src: str, mode: str, extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, __file__, "--child", mode, *extra]
@@ -280,6 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (current code)")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--estimate-only", action="store_true", help="the memory plan's estimates")
     p.add_argument("--only", choices=("base", "current"), help="measure one version only")
     p.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -349,6 +402,9 @@ def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.estimate_only:
+        estimates(args)
+        return
     if args.child:
         result = child_memory(args) if args.child == "memory" else child_speed(args)
         print(json.dumps(result), flush=True)
