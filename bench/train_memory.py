@@ -285,9 +285,9 @@ def estimates(args: argparse.Namespace) -> None:
     )
     peft_model = get_peft_model(model, lora)
     print(f"{'tokens':>6} {'estimate GiB':>13} {'with checkpointing':>19}")
-    for n in args.lengths:
-        rows, retain = _rows(args.data, n)
-        cfg = dataclasses.replace(base, max_length=n, epochs=1.0, memory_budget=1e6)
+    for n in [*args.lengths, 0]:  # 0: the data as it is, the whole schedule, --max-length 512
+        rows, retain = _rows(args.data, n or None)
+        cfg = dataclasses.replace(base, max_length=n or 512, epochs=1.0, memory_budget=1e6)
         both = [True] * len(rows)
         pairs = build_pairs(
             [r["concept"] for r in rows],
@@ -298,13 +298,14 @@ def estimates(args: argparse.Namespace) -> None:
             format_probs=cfg.format_probs,
             n_retain=len(retain),
             seed=cfg.seed,
-        )[: cfg.batch_size]  # the step the memory table measures
-        dataset = PairDataset(rows, retain, pairs, tokenizer, n)
+        )[: cfg.batch_size if n else None]  # the step the memory table measures
+        dataset = PairDataset(rows, retain, pairs, tokenizer, cfg.max_length)
         k = len(cfg.target_modules)
         plain = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
         cfg = dataclasses.replace(cfg, gradient_checkpointing=True)
         ckpt = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
-        print(f"{n:>6} {plain / 2**30:>13.1f} {ckpt / 2**30:>19.1f}", flush=True)
+        name = str(n) if n else "as is"
+        print(f"{name:>6} {plain / 2**30:>13.1f} {ckpt / 2**30:>19.1f}", flush=True)
 
 
 def run_child(src: str, mode: str, extra: list[str]) -> dict:
