@@ -296,3 +296,17 @@ def test_train_help_lists_the_memory_and_trainer_options(capsys):
     out = capsys.readouterr().out
     for flag in ("--micro-batch-size", "--memory-budget", "--lr-scheduler-type", "--report-to"):
         assert flag in out
+
+
+def test_out_of_memory_in_a_step_says_the_estimate_and_the_options(
+    tmp_path, tokenizer, concept_file, retain_file, monkeypatch
+):
+    trainer = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(type(trainer), "compute_loss", no_memory)
+    with pytest.raises(SeerError, match="ran out of memory.*estimated peak.*--micro-batch-size"):
+        trainer.training_step(trainer.model, batch)
