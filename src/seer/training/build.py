@@ -28,7 +28,7 @@ from seer.core.memory import (
     padding_share,
 )
 from seer.errors import SeerError
-from seer.training.config import TrainConfig
+from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 from seer.training.trainer import SeerTrainer
 
@@ -60,6 +60,12 @@ def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
         raise SeerError(
             f"none of the LoRA target modules {list(wanted)} exist in this model; its linear "
             f"layers are named {sorted(names)}: pass --target-modules with some of those"
+        )
+    unknown = [t for t in wanted if t not in names]
+    if unknown and tuple(wanted) != DEFAULT_TARGET_MODULES:  # the defaults fit models partly
+        raise SeerError(
+            f"--target-modules {unknown} match no module of this model; its linear layers are "
+            f"named {sorted(names)}: pass only those"
         )
     return found
 

@@ -184,15 +184,18 @@ class TrainConfig:
         lr = self.learning_rate
         if lr is not None and not (0 < lr < math.inf):
             raise SeerError(f"--learning-rate must be > 0 (e.g. 1e-4), got {lr}")
-        if self.batch_size < 2 and self.objective == "paper":
-            raise SeerError(
-                "--objective paper needs --batch-size >= 2: other pairs are its negatives"
+        if self.batch_size < 2:
+            why = (
+                "other pairs are its negatives"
+                if self.objective == "paper"
+                else "a batch of one has no other example to contrast with (loss 0, no gradient)"
             )
+            raise SeerError(f"--objective {self.objective} needs --batch-size >= 2: {why}")
         for name in ("contrastive_weight", "retain_l2_weight", "kl_weight"):
             if not getattr(self, name) >= 0:
                 raise SeerError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         probs = self.format_probs
-        if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
+        if len(probs) != 3 or not all(p >= 0 for p in probs) or not abs(sum(probs) - 1) <= 1e-6:
             raise SeerError(
                 f"--format-probs must be three non-negative numbers summing to 1, got {probs}"
             )

@@ -14,7 +14,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
-from seer.core.models import ensure_pad_token, fingerprint, load_model
+from seer.core.folders import claim_output
+from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
 from seer.core.represent import representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
@@ -24,6 +25,7 @@ from seer.training.build import build_trainer, default_layer, refuse_fsdp, resol
 from seer.training.config import TrainConfig
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
+from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
 
 __all__ = ["build_trainer", "default_layer", "train"]
@@ -98,6 +100,7 @@ def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
     resume_from = str(checkpoint) if checkpoint else None
     if resume_from:
         logger.info("resuming from %s", resume_from)
+    logs_off_stdout(trainer)
     with StopOnSignal() as stop:
         trainer.add_callback(stop)
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -132,8 +135,23 @@ def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progres
 def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> None:
     names, protos, calibration = readout
     trainer.model.save_pretrained(str(partial / "adapter"))
+    clock: RunClock = info["clock"]
+    checkpoint = last_checkpoint(config.output) if config.resume else None
+    resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    train_loss = whole_run_loss(  # the whole run's, across --resume
+        trainer.state.log_history,
+        resumed_at,
+        trainer.state.global_step,
+        info["result"].training_loss,
+    )
+    log_history = [
+        {**e, "train_loss": train_loss, "seconds": round(clock.seconds, 1)}
+        if "train_loss" in e
+        else e
+        for e in trainer.state.log_history
+    ]
     (partial / "train_log.jsonl").write_text(
-        "".join(json.dumps(e) + "\n" for e in trainer.state.log_history), encoding="utf-8"
+        "".join(json.dumps(e) + "\n" for e in log_history), encoding="utf-8"
     )
     meta = {
         "config": config.to_dict(),
@@ -150,8 +168,8 @@ def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> Non
             "examples": len(rows[0]),
             "held_out": len(rows[1]),
             "pairs": len(trainer.train_dataset),
-            "seconds": round(time.time() - info["started"], 1),
-            "train_loss": info["result"].training_loss,
+            "seconds": round(clock.seconds, 1),  # every process's, across --resume
+            "train_loss": train_loss,
         },
     }
     write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))
@@ -167,13 +185,36 @@ def train(
     """Train SEER as configured and write the run folder; returns its path.
 
     ``model``/``tokenizer`` may be passed in (e.g. a tiny test model) instead of loading
-    ``config.model``.
+    ``config.model``. The output folder is locked while it is written (one writer at a
+    time); a run that fails leaves no ``.partial`` unless it holds a checkpoint.
     """
-    # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
-    main = int(os.environ.get("RANK", "0")) == 0
     refuse_fsdp()
-    if main:
+    clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
+    # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(config, model, tokenizer, progress, clock, main=False)
+    with claim_output(
+        config.output,
+        config.overwrite,
+        keep_partial=lambda _: last_checkpoint(config.output) is not None,
+    ) as claim:
+        claim.partial_existed &= config.resume  # --overwrite discards an old one anyway
         check_output(config.output, config.overwrite, config.resume)
+        try:
+            return _train(config, model, tokenizer, progress, clock, main=True)
+        finally:
+            clock.save()  # into DIR.partial, if the run stopped before its end
+
+
+def _train(
+    config: TrainConfig,
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    progress: bool,
+    clock: RunClock,
+    main: bool,
+) -> Path:
+    """The run itself, once the output folder is claimed (rank 0) or not (other ranks)."""
     started, partial = time.time(), partial_dir(config.output)
     # Everything that can fail on bad input happens before anything is written.
     rows = _prepare_data(config, partial)
@@ -185,6 +226,7 @@ def train(
     _, n_layers = resolve_layer(config, model)
     if main:
         _start_folder(config, partial, rows)
+    config.max_length = clamp_max_length(model, config.max_length)  # config.json keeps the asked
     base_fingerprint = fingerprint(model)
     logger.info(
         "%d training and %d held-out examples, %d concepts",
@@ -199,13 +241,14 @@ def train(
     trainer = build_trainer(
         config, model, tokenizer, rows[0], retain, output_dir=output_dir, progress=progress
     )
+    trainer.add_callback(clock)
     result = _fit(trainer, config, partial)
     trainer.model.eval()
     if not main:  # the main process writes the run folder
         _barrier()
         return Path(config.output)
     readout = _readout(trainer, config, tokenizer, rows, progress)
-    info = dict(fingerprint=base_fingerprint, n_layers=n_layers, started=started, result=result)
+    info = dict(fingerprint=base_fingerprint, n_layers=n_layers, result=result, clock=clock)
     _write_run(trainer, config, partial, rows, readout, info)
     out = finalize(partial, config.output)
     _barrier()
