@@ -385,3 +385,29 @@ def test_cli_file_reproduces_held_out_accuracy(cli, run_dir, capsys):
 def test_cli_errors(cli, run_dir, capsys, argv, message):
     assert cli(["explain", str(run_dir), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_html_writes_the_explained_generation(cli, run_dir, tmp_path, capsys):
+    """``seer explain --html`` writes one self-contained page holding the reply's tokens and
+    the final explanation's concepts; with --file, or into a missing folder, it is refused."""
+    page = tmp_path / "view.html"
+    argv = [
+        "explain",
+        str(run_dir),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--trace",
+    ]
+    assert cli([*argv, "--html", str(page)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    text = page.read_text(encoding="utf-8")
+    assert text.lstrip().lower().startswith("<!doctype html")
+    assert "<script src=" not in text and "<link " not in text  # self-contained, offline
+    for concept in ("cooking", "space", "sports"):
+        assert concept in text
+    assert all(json.dumps(t["token"])[1:-1] in text or t["token"] in text for t in out["trace"])
+    assert cli([*argv, "--html", str(tmp_path / "missing" / "view.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seer.commands.monitor import MonitorOptions
@@ -32,6 +33,9 @@ class ExplainConfig:
     max_new_tokens: int = option(64, "most tokens generated per reply")
     json: bool = option(False, "print JSON (one object per line for --file)")
     trace: bool = option(False, "print the per-token concept trace")
+    html: str | None = option(
+        None, "also write the explained generation as one self-contained HTML page (--prompt only)"
+    )
     monitor: MonitorOptions = option(
         MonitorOptions, "monitor and intervene (generation only; one mode, one threshold)"
     )
@@ -57,6 +61,10 @@ class ExplainConfig:
             raise SeerError(
                 "--response goes with --prompt; with --file, give each line a 'response'"
             )
+        if self.html is not None and self.file is not None:
+            raise SeerError("--html writes the page of one explanation: use it with --prompt")
+        if self.html is not None and not Path(self.html).parent.is_dir():
+            raise SeerError(f"--html {self.html}: its folder does not exist; create it first")
         if self.prompt is not None and not self.prompt.strip():
             raise SeerError("the prompt is empty; pass some text with --prompt")
 
@@ -154,6 +162,17 @@ def main(config: ExplainConfig, *, progress: bool = True) -> int:
         else:
             text = _table(row, result, config.trace, shadow)
         tqdm.write(text, file=sys.stdout)
+        if config.html is not None:
+            from seer.inference.serve.page import write_html  # no web stack needed
+
+            page = write_html(
+                config.html,
+                result,
+                prompt=row["prompt"],
+                monitor=monitor,
+                concepts=explainer.concepts,
+            )
+            print(f"page written to {page}", file=sys.stderr)
     if labelled:
         accuracy = correct / labelled
         if config.json:
