@@ -117,7 +117,14 @@ def test_none_below_threshold(run_dir, tmp_path, tokenizer):
 
 def test_score_matches_representations_and_calibration(explainer, tokenizer):
     rows = explainer.run.split("test")
-    reps = representations(explainer.model, tokenizer, rows, [explainer.layer], explainer.positions)
+    reps = representations(
+        explainer.model,
+        tokenizer,
+        rows,
+        [explainer.layer],
+        explainer.positions,
+        centers={explainer.layer: explainer.center},
+    )
     cos = reps[explainer.layer] @ explainer.prototypes.numpy().T
     for row, expected in zip(rows, cos, strict=True):
         ranking = explainer.score(row["prompt"], row["response"]).ranking

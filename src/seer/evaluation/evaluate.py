@@ -109,6 +109,7 @@ def evaluate(
         batch_size=batch_size,
         max_length=cfg["max_length"],
         layers_path=cfg["layers_path"],
+        centers={layer: run.center},  # base and SEER read the same way (issue 19)
     )
     reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     for name in ("base", "seer"):

@@ -164,6 +164,7 @@ class Explainer:
         self.layer, self.positions = run.layer, run.positions
         self.concepts = list(run.concepts)
         self.prototypes = F.normalize(run.prototypes.float(), dim=-1)
+        self.center = run.center  # [P, H] subtracted before normalising (None: raw; issue 19)
         self.temperature = float(run.calibration["temperature"])
         self.threshold = float(run.calibration["threshold"])
         self.max_length = int(run.config.get("max_length", 512))
@@ -191,9 +192,11 @@ class Explainer:
     def _vectors(self, user_end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Representations ``[n, D]`` with 'last' := each row of ``tokens`` ``[n, H]``."""
         parts = []
-        for name in self.positions:
-            h = user_end.expand_as(tokens) if name == "user_end" else tokens
-            parts.append(F.normalize(h.float(), dim=-1))
+        for k, name in enumerate(self.positions):
+            h = (user_end.expand_as(tokens) if name == "user_end" else tokens).float()
+            if self.center is not None:
+                h = h - self.center[k].to(h.device)
+            parts.append(F.normalize(h, dim=-1))
         return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 
     def _rank(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +294,7 @@ class Explainer:
             max_length=self.max_length,
             layers_path=self.run.config.get("layers_path"),
             progress=progress,
+            centers={self.layer: self.center},
         )[self.layer]
         return self._rank(torch.from_numpy(vectors))[1]
 

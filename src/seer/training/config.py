@@ -10,9 +10,18 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from seer.core.formatting import POSITIONS
+from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import SeerError
 
 __all__ = ["DEFAULT_TARGET_MODULES", "TrainConfig"]
+
+#: What ``--objective supcon`` reads and retains with unless told otherwise (``paper``: raw, raw).
+SUPCON_REPRESENTATION = "centered"
+SUPCON_RETAIN_L2 = "relative"
+#: Default --retain-l2-weight per form: 1 for the paper's raw distance; 100 for the relative one,
+#: so that on SmolLM2 (hidden-state norms 50-150 at blocks 0..14, median 110) it weighs what
+#: the raw term weighed there.
+RETAIN_L2_WEIGHTS = {"raw": 1.0, "relative": 100.0}
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -81,8 +90,30 @@ class TrainConfig:
         "it beats 'paper' on held-out accuracy, see docs/results.md)",
     )
     temperature: float = _f(0.1, "contrastive temperature tau")
+    representation: str | None = _f(
+        None,
+        "'centered': the cosine of hidden states minus the base model's mean state on the "
+        "training texts (stored with the run as prototypes.safetensors' 'center'), so that what "
+        "every text shares cannot dominate; 'raw': the states as they are (the paper). None: "
+        f"'raw' for --objective paper, '{SUPCON_REPRESENTATION}' for supcon",
+    )
+    retain_l2_form: str | None = _f(
+        None,
+        "'relative': each token's hidden-state distance over its reference norm (free of the "
+        "model's scale; massive-activation tokens weigh like any other); 'raw': the distance in "
+        f"the model's units (the paper). None: 'raw' for paper, '{SUPCON_RETAIN_L2}' for supcon",
+    )
     contrastive_weight: float = _f(10.0, "weight of the disentanglement loss")
-    retain_l2_weight: float = _f(1.0, "weight of the hidden-state l2 retain loss on general text")
+    retain_l2_weight: float | None = _f(
+        None,
+        "weight of the hidden-state l2 retain loss on general text; None: 1 for the raw form, "
+        "100 for the relative one (on SmolLM2 the two then weigh the same)",
+    )
+    health_check_at: float = _f(
+        0.3,
+        "share of the steps after which the training-health check warns if the contrastive loss "
+        "is still at chance or one loss part carries almost all of the gradient (0 = off)",
+    )
     kl_weight: float = _f(1.0, "weight of the next-token KL retain loss on concept texts (0 = off)")
     format_probs: tuple[float, float, float] = _f(
         (0.75, 0.125, 0.125),
@@ -126,6 +157,7 @@ class TrainConfig:
             )
         if self.objective not in ("paper", "supcon"):
             raise SeerError(f"--objective must be 'paper' or 'supcon', got {self.objective!r}")
+        self._resolve_forms()
         for name in ("model", "data", "output", "concept_column", "prompt_column"):
             if not str(getattr(self, name)).strip():
                 raise SeerError(f"{_flag(name)} is empty; give a value")
@@ -165,6 +197,28 @@ class TrainConfig:
             raise SeerError(f"--pad-to-multiple-of must be positive, got {self.pad_to_multiple_of}")
         if self.layer is not None and self.layer < 0:
             raise SeerError(f"--layer must be >= 0 (0 is the first block), got {self.layer}")
+
+    def _resolve_forms(self) -> None:
+        """Fill ``representation``, ``retain_l2_form`` and ``retain_l2_weight`` left at None."""
+        paper = self.objective == "paper"
+        if self.representation is None:
+            self.representation = "raw" if paper else SUPCON_REPRESENTATION
+        if self.retain_l2_form is None:
+            self.retain_l2_form = "raw" if paper else SUPCON_RETAIN_L2
+        if self.representation not in REPRESENTATIONS:
+            raise SeerError(
+                f"--representation must be one of {REPRESENTATIONS}, got {self.representation!r}"
+            )
+        if self.retain_l2_form not in RETAIN_L2_FORMS:
+            raise SeerError(
+                f"--retain-l2-form must be one of {RETAIN_L2_FORMS}, got {self.retain_l2_form!r}"
+            )
+        if self.retain_l2_weight is None:
+            self.retain_l2_weight = RETAIN_L2_WEIGHTS[self.retain_l2_form]
+        if not 0 <= self.health_check_at < 1:
+            raise SeerError(
+                f"--health-check-at is a share of the steps in [0, 1), got {self.health_check_at}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -19,12 +19,13 @@ from seer.core.data import load_concepts, load_prompts, read_jsonl, split_exampl
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
 from seer.core.models import fingerprint, load_model
-from seer.core.represent import representations
+from seer.core.represent import estimate_center, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
 from seer.evaluation.calibration import calibrate
 from seer.evaluation.metrics import compute_prototypes
 from seer.training.config import TrainConfig
+from seer.training.health import HealthCallback, chance_loss, probe_steps
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
 from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
@@ -160,6 +161,18 @@ def train(
     if main:
         write_jsonl(partial / "retain.jsonl", retain)
 
+    # issue 19: the center of the 'centered' representation, from the base model (no adapter yet).
+    center = None
+    if config.representation == "centered":
+        center = estimate_center(
+            model,
+            tokenizer,
+            train_rows,
+            layer,
+            config.positions,
+            max_length=config.max_length,
+            layers_path=config.layers_path,
+        )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -204,6 +217,7 @@ def train(
         activation_checkpointing=config.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
     )
+    world, check_at = int(os.environ.get("WORLD_SIZE", "1")), config.health_check_at
     trainer = SeerTrainer(
         model=peft_model,
         args=args,
@@ -214,7 +228,12 @@ def train(
         processing_class=tokenizer,
         seer_config=config,
         layer=layer,
+        center=center,
+        gradient_probe_steps=probe_steps(len(dataset) // (config.batch_size * world), check_at),
     )
+    pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)
+    health = HealthCallback(chance_loss(config.objective, pairs_seen), check_at)
+    trainer.add_callback(health)
     checkpoint = last_checkpoint(config.output) if config.resume else None  # complete ones only
     resume_from = str(checkpoint) if checkpoint else None
     if resume_from:
@@ -242,6 +261,7 @@ def train(
         max_length=config.max_length,
         layers_path=config.layers_path,
         progress="prototypes" if progress else False,
+        centers={layer: center},
     )[layer]
     names, protos = compute_prototypes(reps_train, [r["concept"] for r in train_rows])
     reps_test = representations(
@@ -253,6 +273,7 @@ def train(
         max_length=config.max_length,
         layers_path=config.layers_path,
         progress="calibration" if progress else False,
+        centers={layer: center},
     )[layer]
     calibration = calibrate(reps_test, [r["concept"] for r in test_rows], names, protos)
 
@@ -271,6 +292,7 @@ def train(
         "concepts": names,
         "learning_rate": lr,
         "calibration": calibration,
+        "health": health.warnings,
         "train": {
             "steps": trainer.state.global_step,
             "examples": len(train_rows),
@@ -280,7 +302,7 @@ def train(
             "train_loss": result.training_loss,
         },
     }
-    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))
+    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)), center=center)
     out = finalize(partial, config.output)
     _barrier()
     logger.info("run written to %s (%.0f s)", out, time.time() - started)

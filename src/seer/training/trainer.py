@@ -26,12 +26,13 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from seer.core import losses
+from seer.core import losses, normalise
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
 from seer.core.represent import gather_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
+from seer.training.health import gradient_shares
 
 __all__ = ["PairCollator", "PairDataset", "SeerTrainer", "build_pairs", "gather_with_grad"]
 
@@ -185,9 +186,20 @@ def _concat(
 class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides only ``compute_loss``, ``log`` and the sampler."""
 
-    def __init__(self, *args, seer_config: TrainConfig, layer: int, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        seer_config: TrainConfig,
+        layer: int,
+        center: torch.Tensor | None = None,
+        gradient_probe_steps: frozenset[int] = frozenset(),
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
+        # issue 19: the representation's center [P, H] (None: raw), and the steps (0-based)
+        # at which each loss part's share of the gradient is measured for the health check.
+        self.center, self.gradient_probe_steps = center, gradient_probe_steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
@@ -250,8 +262,8 @@ class SeerTrainer(Trainer):
             peft_model, rest, adapted_layers if use_l2 else [layer], full=False
         )
         n = v2["input_ids"].shape[0]
-        z1 = gather_positions(h1[layer], v1["positions"])
-        z2 = gather_positions(h_rest[layer][:n], v2["positions"])
+        z1 = gather_positions(h1[layer], v1["positions"], self.center)
+        z2 = gather_positions(h_rest[layer][:n], v2["positions"], self.center)
         labels = inputs["concepts"]
         if cfg.gather_across_processes:
             z1, z2, labels = gather_with_grad(z1), gather_with_grad(z2), gather_with_grad(labels)
@@ -265,7 +277,8 @@ class SeerTrainer(Trainer):
         loss = cfg.contrastive_weight * contrastive
         if use_l2:
             mine = [h_rest[i][n:, : retain["input_ids"].shape[1]] for i in adapted_layers]
-            parts["retain_l2"] = losses.retain_l2(
+            l2 = losses.retain_l2 if cfg.retain_l2_form == "raw" else normalise.relative_retain_l2
+            parts["retain_l2"] = l2(
                 mine, [ref_hidden[i] for i in adapted_layers], retain["attention_mask"]
             )
             loss = loss + cfg.retain_l2_weight * parts["retain_l2"]
@@ -280,6 +293,12 @@ class SeerTrainer(Trainer):
                     "checkpoint is kept."
                 )
             self._metrics[name].append(value.item())
+        if self.state.global_step in self.gradient_probe_steps and model.training:
+            weights = {"contrastive": cfg.contrastive_weight, "retain_l2": cfg.retain_l2_weight}
+            weighted = {k: weights.get(k, cfg.kl_weight) * v for k, v in parts.items()}
+            params = [p for p in model.parameters() if p.requires_grad]
+            for name, share in gradient_shares(weighted, params).items():
+                self._metrics[f"grad_share_{name}"].append(share)
         same, diff = losses.concept_cosines(torch.cat([z1, z2]), torch.cat([labels, labels]))
         self._metrics["same_concept_cos"].append(same)
         self._metrics["diff_concept_cos"].append(diff)
