@@ -10,10 +10,13 @@ contrastive loss and cosine prototypes see little else. The pure functions here 
 - :func:`relative_retain_l2`: each token's distance divided by its reference state's norm, so
   the term is a proportion, the same for the model scaled by any factor, and every token weighs
   the same whatever its norm;
-- :func:`center_states`: the representation read after subtracting a fixed ``center``, the mean
-  state of the base model at the read positions on the training texts (:func:`state_mean`),
-  stored with the run, so that training, prototypes and the readout all read
-  ``normalise(h - center)``.
+- the ``centered`` representation ``normalise(h - center)``. In training the center is the
+  mean state of the contrastive batch (:func:`batch_center`, with its gradient), so that a
+  shift shared by every text changes nothing and training cannot lower the loss by moving all
+  representations together (with a fixed center it can, and on a tiny model with a large
+  shared component it does: every cosine goes to 1). After training the center is the trained
+  model's mean state at the read positions on the training texts (:func:`state_mean`),
+  stored with the run; prototypes and the readout subtract it (:func:`center_states`).
 
 ``center`` has shape ``[P, H]``: one mean per read position, in the run's ``positions`` order.
 """
@@ -25,6 +28,7 @@ import torch
 __all__ = [
     "REPRESENTATIONS",
     "RETAIN_L2_FORMS",
+    "batch_center",
     "center_states",
     "relative_retain_l2",
     "state_mean",
@@ -66,6 +70,12 @@ def center_states(picked: torch.Tensor, center: torch.Tensor | None) -> torch.Te
     if center is None:
         return picked
     return picked - center.to(device=picked.device, dtype=picked.dtype)[None]
+
+
+def batch_center(views: list[torch.Tensor]) -> torch.Tensor:
+    """The training-time center: the mean ``[P, H]`` over every row of the contrastive batch's
+    views (each ``[B, P, H]``), gradient included."""
+    return torch.cat([v.float() for v in views]).mean(dim=0)
 
 
 def state_mean(picked: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,13 @@ from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
 from seer.core.normalise import center_states, state_mean
 
-__all__ = ["estimate_center", "gather_positions", "pick_positions", "representations"]
+__all__ = [
+    "estimate_center",
+    "from_raw",
+    "gather_positions",
+    "pick_positions",
+    "representations",
+]
 
 
 def pick_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -36,6 +42,14 @@ def gather_positions(
     """
     picked = F.normalize(center_states(pick_positions(hidden, positions), center), dim=-1)
     return picked.flatten(1) / picked.shape[1] ** 0.5
+
+
+def from_raw(raw: np.ndarray, n_positions: int, center: torch.Tensor | None = None) -> np.ndarray:
+    """Representations ``[n, P*H]`` from raw states ``[n, P*H]`` (``representations(...,
+    raw=True)``), read as :func:`gather_positions` reads them."""
+    picked = torch.from_numpy(raw).reshape(len(raw), n_positions, -1)
+    picked = F.normalize(center_states(picked, center), dim=-1)
+    return (picked.flatten(1) / n_positions**0.5).numpy()
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seer.core.formatting import encode, pad_batch
-from seer.core.represent import representations
+from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
 from seer.evaluation.metrics import (
     compute_prototypes,
@@ -109,12 +109,15 @@ def evaluate(
         batch_size=batch_size,
         max_length=cfg["max_length"],
         layers_path=cfg["layers_path"],
-        centers={layer: run.center},  # base and SEER read the same way (issue 19)
     )
     reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     for name in ("base", "seer"):
         ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
         with ctx:
+            # issue 19: a centered run's readout, the base model read around its own mean
+            center = run.center
+            if center is not None and name == "base":
+                center = estimate_center(peft_model, tokenizer, train_rows, layer, **kw)
             reps[name] = {
                 split: representations(
                     peft_model,
@@ -122,6 +125,7 @@ def evaluate(
                     rows,
                     layers,
                     progress=f"{name} {split}" if progress else False,
+                    centers={layer: center},
                     **kw,
                 )
                 for split, rows in (("train", train_rows), ("test", test_rows))

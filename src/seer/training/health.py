@@ -62,8 +62,15 @@ def probe_steps(max_steps: int, check_at: float) -> frozenset[int]:
 
 class HealthCallback(TrainerCallback):
     """Warn (once each) when, after ``check_at`` of the steps, the contrastive loss is within
-    ``tolerance`` (a share of it) of its chance value, or one loss part carries more than
-    ``dominance`` of the gradient. Warnings are logged and kept in :attr:`warnings`."""
+    ``tolerance`` (a share of it) of its chance value or has not fallen by that share from its
+    first logged value, or one loss part carries more than ``dominance`` of the gradient.
+    Warnings are logged and kept in :attr:`warnings`.
+
+    (A centred representation starts well above chance, since centred states of one batch
+    have negative cosines on average, and falls towards a floor set by the number of
+    positives, ``log`` of it, which can lie above chance too: "below chance" alone would
+    misjudge it. A loss that comes back to chance, e.g. every representation collapsing onto
+    one direction, is caught by the first test.)"""
 
     def __init__(
         self, chance: float, check_at: float = 0.3, tolerance: float = 0.05, dominance: float = 0.95
@@ -72,6 +79,7 @@ class HealthCallback(TrainerCallback):
         self.tolerance, self.dominance = tolerance, dominance
         self.warnings: list[str] = []
         self._checked_chance = self._checked_shares = False
+        self._first: float | None = None
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -80,20 +88,32 @@ class HealthCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if not logs or self.check_at <= 0 or state.max_steps <= 0:
             return
+        if self._first is None and "contrastive" in logs:
+            self._first = float(logs["contrastive"])
         if state.global_step < check_step(state.max_steps, self.check_at):
             return
         where = f"after {state.global_step} of {state.max_steps} steps"
         if not self._checked_chance and "contrastive" in logs:
             self._checked_chance = True
             self._check_chance(float(logs["contrastive"]), logs, where)
-        shares = {k[len("grad_share_") :]: v for k, v in logs.items() if k.startswith("grad_share_")}
+        shares = {
+            k[len("grad_share_") :]: v for k, v in logs.items() if k.startswith("grad_share_")
+        }
         if not self._checked_shares and shares:
             self._checked_shares = True
             self._check_shares(shares, where)
 
     def _check_chance(self, value: float, logs: dict, where: str) -> None:
-        if value < self.chance * (1 - self.tolerance):
+        at_chance = abs(value - self.chance) <= self.tolerance * self.chance
+        first = self._first if self._first is not None else value
+        stuck = value >= first * (1 - self.tolerance)
+        if not (at_chance or stuck):
             return
+        state = (
+            "still at its chance value"
+            if at_chance
+            else f"not below its first value {first:.3f}; chance is"
+        )
         cosines = ""
         if "same_concept_cos" in logs and "diff_concept_cos" in logs:
             cosines = (
@@ -101,7 +121,7 @@ class HealthCallback(TrainerCallback):
                 f"{logs['diff_concept_cos']:.3f}"
             )
         self._warn(
-            f"{where} the contrastive loss is {value:.3f}, still at its chance value "
+            f"{where} the contrastive loss is {value:.3f}, {state} "
             f"{self.chance:.3f} (log of the number of candidates){cosines}: the concepts are not "
             "separating. If both cosines are near 1, one shared direction dominates every "
             "representation: use --representation centered; otherwise raise --learning-rate, "
@@ -123,6 +143,4 @@ class HealthCallback(TrainerCallback):
                 name, "--kl-weight"
             )
             advice = f"the contrastive loss can hardly move the model: lower {flag}"
-        self._warn(
-            f"{where} {name} carries {share:.1%} of the gradient ({listed}): {advice}"
-        )
+        self._warn(f"{where} {name} carries {share:.1%} of the gradient ({listed}): {advice}")

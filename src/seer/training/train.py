@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers.pytorch_utils import Conv1D
 
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
 from seer.core.models import fingerprint, load_model
-from seer.core.represent import estimate_center, representations
+from seer.core.normalise import state_mean
+from seer.core.represent import from_raw, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
 from seer.evaluation.calibration import calibrate
@@ -56,7 +58,7 @@ def _lora_targets(model: torch.nn.Module, wanted: tuple[str, ...]) -> list[str]:
     names = {
         name.rsplit(".", 1)[-1]
         for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear)
+        if isinstance(mod, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2's linear layers
     }
     found = [t for t in wanted if t in names]
     if not found:
@@ -161,18 +163,6 @@ def train(
     if main:
         write_jsonl(partial / "retain.jsonl", retain)
 
-    # issue 19: the center of the 'centered' representation, from the base model (no adapter yet).
-    center = None
-    if config.representation == "centered":
-        center = estimate_center(
-            model,
-            tokenizer,
-            train_rows,
-            layer,
-            config.positions,
-            max_length=config.max_length,
-            layers_path=config.layers_path,
-        )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -228,7 +218,6 @@ def train(
         processing_class=tokenizer,
         seer_config=config,
         layer=layer,
-        center=center,
         gradient_probe_steps=probe_steps(len(dataset) // (config.batch_size * world), check_at),
     )
     pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)
@@ -251,8 +240,9 @@ def train(
         _barrier()
         return Path(config.output)
 
-    # Prototypes from the training split, calibration on the held-out split.
-    reps_train = representations(
+    # Prototypes from the training split, calibration on the held-out split; for the
+    # 'centered' representation, around the trained model's mean state (issue 19).
+    raw_train = representations(
         peft_model,
         tokenizer,
         train_rows,
@@ -261,8 +251,13 @@ def train(
         max_length=config.max_length,
         layers_path=config.layers_path,
         progress="prototypes" if progress else False,
-        centers={layer: center},
+        raw=True,
     )[layer]
+    n_pos = len(config.positions)
+    center = None
+    if config.representation == "centered":
+        center = state_mean(torch.from_numpy(raw_train).reshape(len(raw_train), n_pos, -1))
+    reps_train = from_raw(raw_train, n_pos, center)
     names, protos = compute_prototypes(reps_train, [r["concept"] for r in train_rows])
     reps_test = representations(
         peft_model,

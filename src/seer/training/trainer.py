@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase, Trainer
 from seer.core import losses, normalise
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
-from seer.core.represent import gather_positions
+from seer.core.represent import gather_positions, pick_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
 from seer.training.health import gradient_shares
@@ -191,15 +191,14 @@ class SeerTrainer(Trainer):
         *args,
         seer_config: TrainConfig,
         layer: int,
-        center: torch.Tensor | None = None,
         gradient_probe_steps: frozenset[int] = frozenset(),
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
-        # issue 19: the representation's center [P, H] (None: raw), and the steps (0-based)
-        # at which each loss part's share of the gradient is measured for the health check.
-        self.center, self.gradient_probe_steps = center, gradient_probe_steps
+        # issue 19: the 0-based steps at which each loss part's share of the gradient is
+        # measured for the health check.
+        self.gradient_probe_steps = gradient_probe_steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
@@ -262,8 +261,17 @@ class SeerTrainer(Trainer):
             peft_model, rest, adapted_layers if use_l2 else [layer], full=False
         )
         n = v2["input_ids"].shape[0]
-        z1 = gather_positions(h1[layer], v1["positions"], self.center)
-        z2 = gather_positions(h_rest[layer][:n], v2["positions"], self.center)
+        # issue 19: 'centered' subtracts the batch's mean state before normalising.
+        center = None
+        if cfg.representation == "centered":
+            center = normalise.batch_center(
+                [
+                    pick_positions(h1[layer], v1["positions"]),
+                    pick_positions(h_rest[layer][:n], v2["positions"]),
+                ]
+            )
+        z1 = gather_positions(h1[layer], v1["positions"], center)
+        z2 = gather_positions(h_rest[layer][:n], v2["positions"], center)
         labels = inputs["concepts"]
         if cfg.gather_across_processes:
             z1, z2, labels = gather_with_grad(z1), gather_with_grad(z2), gather_with_grad(labels)
