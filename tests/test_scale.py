@@ -296,3 +296,110 @@ def test_health_check_fires_on_the_stuck_run_and_not_on_the_healthy_one(shifted_
     }
     assert warnings["default"] == []
     assert any("chance value" in w and "--representation centered" in w for w in warnings["raw"])
+
+
+# --- the health check on its own -------------------------------------------------------------
+def _feed(callback, logs_by_step: dict[int, dict], max_steps: int = 10) -> list[str]:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    state, args = TrainerState(max_steps=max_steps), TrainingArguments(output_dir="unused")
+    for step, logs in sorted(logs_by_step.items()):
+        state.global_step = step
+        callback.on_log(args, state, TrainerControl(), logs=logs)
+    return callback.warnings
+
+
+def test_chance_loss_is_the_log_of_the_candidates():
+    from seer.training.health import chance_loss
+
+    assert chance_loss("supcon", 8) == pytest.approx(math.log(15))
+    assert chance_loss("paper", 8) == pytest.approx(math.log(8))
+
+
+def test_health_warns_once_when_the_contrastive_loss_sits_at_chance():
+    from seer.training.health import HealthCallback
+
+    chance = math.log(15)
+    stuck = {
+        s: {"contrastive": chance - 0.01, "same_concept_cos": 0.99, "diff_concept_cos": 0.99}
+        for s in range(1, 11)
+    }
+    warnings = _feed(HealthCallback(chance, check_at=0.3), stuck)
+    assert len(warnings) == 1
+    assert "after 3 of 10 steps" in warnings[0] and f"{chance:.3f}" in warnings[0]
+    assert "--representation centered" in warnings[0] and "0.990" in warnings[0]
+    falling = {s: {"contrastive": chance * (1 - 0.05 * s)} for s in range(1, 11)}
+    assert _feed(HealthCallback(chance, check_at=0.3), falling) == []
+    # A centred run starts far above chance and falls: healthy; one that stays put is not.
+    centred = {s: {"contrastive": 7.0 - 0.3 * s} for s in range(1, 11)}
+    assert _feed(HealthCallback(chance, check_at=0.3), centred) == []
+    flat = {s: {"contrastive": 7.0} for s in range(1, 11)}
+    assert "not below its first value" in _feed(HealthCallback(chance, check_at=0.3), flat)[0]
+    assert _feed(HealthCallback(chance, check_at=0.0), stuck) == []  # switched off
+
+
+def test_health_warns_when_one_part_carries_the_gradient():
+    from seer.training.health import HealthCallback, gradient_shares
+
+    w = torch.ones(3, requires_grad=True)
+    shares = gradient_shares({"contrastive": w.sum(), "retain_l2": 99 * w.sum()}, [w])
+    assert shares == pytest.approx({"contrastive": 0.01, "retain_l2": 0.99})
+    logs = {s: {"contrastive": 2.0 - 0.1 * s} for s in range(1, 11)}
+    logs[4] = {"contrastive": 1.6, **{f"grad_share_{k}": v for k, v in shares.items()}}
+    warnings = _feed(HealthCallback(math.log(15)), logs)
+    assert len(warnings) == 1 and "retain_l2 carries 99.0% of the gradient" in warnings[0]
+    assert "--retain-l2-weight" in warnings[0]
+    balanced = {s: {"contrastive": 2.0 - 0.1 * s} for s in range(1, 11)}
+    balanced[4] = {"contrastive": 1.6, "grad_share_contrastive": 0.6, "grad_share_kl": 0.4}
+    assert _feed(HealthCallback(math.log(15)), balanced) == []
+
+
+# --- base models without a chat template -------------------------------------------------------
+@pytest.fixture
+def base_tokenizer(tokenizer):
+    import copy
+
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    return base
+
+
+@pytest.mark.parametrize("bos", [None, "<|im_start|>"])
+def test_read_positions_of_a_base_model(base_tokenizer, bos):
+    """Without a chat template a text is ``bos + prompt + "\\n" + response``: ``user_end`` is
+    the prompt's last token in every mode, ``last`` the response's last token."""
+    from seer.core.formatting import encode, prompt_ids
+
+    base_tokenizer.bos_token = bos
+    ids = lambda text: base_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt, response = "how far away is the moon", "about 384,000 km"
+    head = ([base_tokenizer.convert_tokens_to_ids(bos)] if bos else []) + ids(prompt)
+    assert prompt_ids(base_tokenizer, prompt) == head  # generation continues the bare prompt
+    full = encode(base_tokenizer, prompt, response, "full")
+    assert full.input_ids[: len(head)] == head and full.user_end == len(head) - 1
+    assert base_tokenizer.decode(full.input_ids[full.user_end + 1 :]) == "\n" + response
+    assert full.input_ids[full.last] == ids(response)[-1]
+    only = encode(base_tokenizer, prompt, response, "prompt")
+    assert only.input_ids == head and only.user_end == only.last == len(head) - 1
+    reply = encode(base_tokenizer, prompt, response, "response")
+    assert base_tokenizer.decode(reply.input_ids) == (bos or "") + response
+    # A prompt ending in whitespace may merge with the newline: user_end stays inside the
+    # common prefix, on the last token that is wholly the prompt's.
+    spaced_head = prompt_ids(base_tokenizer, prompt + " ")
+    spaced = encode(base_tokenizer, prompt + " ", response, "full")
+    assert spaced.input_ids[: spaced.user_end + 1] == spaced_head[: spaced.user_end + 1]
+    assert spaced.user_end <= len(spaced_head) - 1
+
+
+def test_a_base_model_trains_and_explains(tmp_path, base_tokenizer):
+    from seer.inference.explain import Explainer
+
+    model = tiny_model("llama", len(base_tokenizer))
+    run = train_tiny(tmp_path, base_tokenizer, model, "run", positions=("last", "user_end"))
+    explainer = Explainer.from_run(
+        run, model=tiny_model("llama", len(base_tokenizer)), tokenizer=base_tokenizer
+    )
+    assert explainer.center is not None and explainer.center.shape == (2, 32)
+    result = explainer.score("how far away is the moon", "very far")
+    assert result.ranking[0]["concept"] in ("food", "space")
+    assert explainer.generate("tell me about soup", max_new_tokens=3).ranking
