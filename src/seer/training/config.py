@@ -92,9 +92,10 @@ class TrainConfig:
     temperature: float = _f(0.1, "contrastive temperature tau")
     representation: str | None = _f(
         None,
-        "'centered': the cosine of hidden states minus the base model's mean state on the "
-        "training texts (stored with the run as prototypes.safetensors' 'center'), so that what "
-        "every text shares cannot dominate; 'raw': the states as they are (the paper). None: "
+        "'centered': the cosine of hidden states minus a mean state (in training the batch's; "
+        "afterwards the trained model's on the training texts, stored as 'center' in "
+        "prototypes.safetensors for prototypes and readout), so that what every text shares "
+        "cannot dominate; 'raw': the states as they are (the paper). None: "
         f"'raw' for --objective paper, '{SUPCON_REPRESENTATION}' for supcon",
     )
     retain_l2_form: str | None = _f(
@@ -104,7 +105,8 @@ class TrainConfig:
         f"the model's units (the paper). None: 'raw' for paper, '{SUPCON_RETAIN_L2}' for supcon",
     )
     contrastive_weight: float = _f(10.0, "weight of the disentanglement loss")
-    retain_l2_weight: float | None = _f(
+    # None (the default) is replaced in __post_init__, so the field is a float once built.
+    retain_l2_weight: float = _f(
         None,
         "weight of the hidden-state l2 retain loss on general text; None: 1 for the raw form, "
         "100 for the relative one (on SmolLM2 the two then weigh the same)",
