@@ -298,6 +298,31 @@ def test_health_check_fires_on_the_stuck_run_and_not_on_the_healthy_one(shifted_
     assert any("chance value" in w and "--representation centered" in w for w in warnings["raw"])
 
 
+def test_evaluate_reads_a_centered_run_as_training_did(
+    shifted_runs, tokenizer, monkeypatch, tmp_path
+):
+    from seer.evaluation.evaluate import evaluate
+
+    monkeypatch.setenv("SEER_CACHE", str(tmp_path))  # the generated general text
+    model = tiny_model("llama", len(tokenizer))
+    with shared_direction(model, tokenizer, 8.0):
+        metrics = evaluate(
+            shifted_runs["default"],
+            sweep=False,
+            figures=False,
+            n_generations=0,
+            progress=False,
+            model=model,
+            tokenizer=tokenizer,
+        )
+    meta = json.loads((shifted_runs["default"] / "seer.json").read_text())
+    held_out = meta["calibration"]["held_out_accuracy"]
+    assert metrics["seer"]["prototype_accuracy"] == pytest.approx(held_out)
+    assert metrics["seer"]["intra_cos"] - metrics["seer"]["inter_cos"] > 0.3
+    # the base model is read around its own mean: not every cosine near 1
+    assert metrics["base"]["inter_cos"] < 0.9
+
+
 # --- the health check on its own -------------------------------------------------------------
 def _feed(callback, logs_by_step: dict[int, dict], max_steps: int = 10) -> list[str]:
     from transformers import TrainerControl, TrainerState, TrainingArguments
