@@ -247,14 +247,18 @@ def test_loss_parts_start_comparable_on_four_architectures(arch, tmp_path, token
 @pytest.fixture(scope="module")
 def shifted_runs(tmp_path_factory, tokenizer):
     """The same tiny Llama with a shared direction 8 times the states' norm, trained with the
-    defaults and with the paper's raw representation."""
+    centred and with the paper's raw representation (otherwise the defaults)."""
     runs = {}
-    for representation in ("default", "raw"):
+    for representation in ("centered", "raw"):
         model = tiny_model("llama", len(tokenizer))
-        kw = {} if representation == "default" else {"representation": "raw"}
         with shared_direction(model, tokenizer, 8.0):
             runs[representation] = train_tiny(
-                tmp_path_factory.mktemp(representation), tokenizer, model, "run", epochs=2, **kw
+                tmp_path_factory.mktemp(representation),
+                tokenizer,
+                model,
+                "run",
+                epochs=2,
+                representation=representation,
             )
     return runs
 
@@ -264,9 +268,9 @@ def _gap(entry: dict) -> float:
 
 
 def test_shared_direction_no_longer_stops_two_concepts_separating(shifted_runs):
-    """Failed before the fix: with the raw cosine every representation stays parallel (same-
+    """The raw cosine (the only one before the fix) keeps every representation parallel (same-
     and different-concept cosines both 1.00) and the contrastive loss at chance."""
-    log = loss_log(shifted_runs["default"])
+    log = loss_log(shifted_runs["centered"])
     assert log[-1]["contrastive"] < 0.75 * log[0]["contrastive"]
     assert _gap(log[-1]) > 0.5
     raw = loss_log(shifted_runs["raw"])
@@ -278,7 +282,7 @@ def test_shared_direction_no_longer_stops_two_concepts_separating(shifted_runs):
 def test_centered_run_stores_its_center_and_the_readout_uses_it(shifted_runs, tokenizer):
     from seer.core.run import read_run
 
-    run = read_run(shifted_runs["default"])
+    run = read_run(shifted_runs["centered"])
     assert run.config["representation"] == "centered"
     assert run.center is not None and run.center.shape == (1, 32)
     assert read_run(shifted_runs["raw"]).center is None  # a raw run: no center, as before
@@ -286,7 +290,7 @@ def test_centered_run_stores_its_center_and_the_readout_uses_it(shifted_runs, to
         name: json.loads((path / "seer.json").read_text())["calibration"]["held_out_accuracy"]
         for name, path in shifted_runs.items()
     }
-    assert accuracy["default"] >= accuracy["raw"]
+    assert accuracy["centered"] >= accuracy["raw"]
 
 
 def test_health_check_fires_on_the_stuck_run_and_not_on_the_healthy_one(shifted_runs):
@@ -294,7 +298,7 @@ def test_health_check_fires_on_the_stuck_run_and_not_on_the_healthy_one(shifted_
         name: json.loads((path / "seer.json").read_text())["health"]
         for name, path in shifted_runs.items()
     }
-    assert warnings["default"] == []
+    assert warnings["centered"] == []
     assert any("chance value" in w and "--representation centered" in w for w in warnings["raw"])
 
 
@@ -307,7 +311,7 @@ def test_evaluate_reads_a_centered_run_as_training_did(
     model = tiny_model("llama", len(tokenizer))
     with shared_direction(model, tokenizer, 8.0):
         metrics = evaluate(
-            shifted_runs["default"],
+            shifted_runs["centered"],
             sweep=False,
             figures=False,
             n_generations=0,
@@ -315,7 +319,7 @@ def test_evaluate_reads_a_centered_run_as_training_did(
             model=model,
             tokenizer=tokenizer,
         )
-    meta = json.loads((shifted_runs["default"] / "seer.json").read_text())
+    meta = json.loads((shifted_runs["centered"] / "seer.json").read_text())
     held_out = meta["calibration"]["held_out_accuracy"]
     assert metrics["seer"]["prototype_accuracy"] == pytest.approx(held_out)
     assert metrics["seer"]["intra_cos"] - metrics["seer"]["inter_cos"] > 0.3
@@ -420,7 +424,14 @@ def test_a_base_model_trains_and_explains(tmp_path, base_tokenizer):
     from seer.inference.explain import Explainer
 
     model = tiny_model("llama", len(base_tokenizer))
-    run = train_tiny(tmp_path, base_tokenizer, model, "run", positions=("last", "user_end"))
+    run = train_tiny(
+        tmp_path,
+        base_tokenizer,
+        model,
+        "run",
+        positions=("last", "user_end"),
+        representation="centered",
+    )
     explainer = Explainer.from_run(
         run, model=tiny_model("llama", len(base_tokenizer)), tokenizer=base_tokenizer
     )
