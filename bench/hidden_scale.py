@@ -21,7 +21,7 @@ from seer.core.data import load_concepts
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import capture_layers, get_layers, run_until
 from seer.core.models import load_model
-from seer.training.train import default_layer
+from seer.training.build import default_layer
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from seer.core.batching import length_batches, unbatch
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
 from seer.core.normalise import center_states, state_mean
@@ -19,6 +21,7 @@ __all__ = [
     "estimate_center",
     "from_raw",
     "gather_positions",
+    "normalise_states",
     "pick_positions",
     "representations",
 ]
@@ -40,7 +43,13 @@ def gather_positions(
     The result is unit-norm, and the cosine of two results is the mean of the per-position
     cosines; with one position it is simply the normalised hidden state.
     """
-    picked = F.normalize(center_states(pick_positions(hidden, positions), center), dim=-1)
+    return normalise_states(pick_positions(hidden, positions), center)
+
+
+def normalise_states(picked: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Representations ``[B, P*H]`` from states ``[B, P, H]`` at the read positions: minus
+    ``center`` ``[P, H]`` if given, each L2-normalised, concatenated, scaled by ``1/sqrt(P)``."""
+    picked = F.normalize(center_states(picked, center), dim=-1)
     return picked.flatten(1) / picked.shape[1] ** 0.5
 
 
@@ -48,8 +57,7 @@ def from_raw(raw: np.ndarray, n_positions: int, center: torch.Tensor | None = No
     """Representations ``[n, P*H]`` from raw states ``[n, P*H]`` (``representations(...,
     raw=True)``), read as :func:`gather_positions` reads them."""
     picked = torch.from_numpy(raw).reshape(len(raw), n_positions, -1)
-    picked = F.normalize(center_states(picked, center), dim=-1)
-    return (picked.flatten(1) / n_positions**0.5).numpy()
+    return normalise_states(picked, center).numpy()
 
 
 @torch.no_grad()
@@ -79,11 +87,9 @@ def representations(
         encode(tokenizer, ex.get("prompt"), ex.get("response"), mode, max_length)  # type: ignore[arg-type]
         for ex in examples
     ]
-    order = np.argsort([len(e.input_ids) for e in encoded], kind="stable")
+    batches = length_batches([len(e.input_ids) for e in encoded], batch_size)
     device = next(model.parameters()).device
-    out = {layer: np.zeros((len(encoded), 0), np.float32) for layer in layers}
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    batches = range(0, len(order), batch_size)
     bar = tqdm(
         batches,
         desc=progress if isinstance(progress, str) else "representations",
@@ -91,8 +97,7 @@ def representations(
         unit="batch",
     )
     with capture_layers(model, layers, stop_after=True, layers_path=layers_path) as hidden:
-        for start in bar:
-            idx = order[start : start + batch_size]
+        for idx in bar:
             batch = pad_batch([encoded[i] for i in idx], tuple(positions), tokenizer.pad_token_id)
             run_until(
                 model,
@@ -107,11 +112,9 @@ def representations(
                 else:
                     rep = gather_positions(hidden[layer], pos, (centers or {}).get(layer))
                 chunks[layer].append(rep.cpu().numpy())
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    for layer in layers:
-        out[layer] = np.concatenate(chunks[layer])[inverse] if chunks[layer] else out[layer]
-    return out
+    if not batches:
+        return {layer: np.zeros((0, 0), np.float32) for layer in layers}
+    return {layer: unbatch(chunks[layer], batches) for layer in layers}
 
 
 def estimate_center(
@@ -120,7 +123,7 @@ def estimate_center(
     examples: Sequence[dict],
     layer: int,
     positions: Sequence[str] = ("last",),
-    **kwargs,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """The ``center`` ``[P, H]`` of a run: the mean hidden state of ``model`` at ``layer`` and
     each read position over ``examples`` (formatted as prompt+response, as prototypes are).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from seer.core import strict_json
 from seer.core.formatting import encode, pad_batch
 from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def retention(
-    peft_model, tokenizer, texts: list[dict], batch_size: int = 8, max_length: int = 512
+    peft_model: Any, tokenizer: Any, texts: list[dict], batch_size: int = 8, max_length: int = 512
 ) -> dict:
     """Capability retention on general text: ``KL(base || seer)`` of next-token distributions
     (nats per real token) and the perplexity of each model on the responses."""
@@ -76,7 +76,12 @@ def retention(
 
 
 def _scores(
-    train_x, y_train, test_x, y_test, prototypes: tuple[list[str], np.ndarray] | None, seed: int
+    train_x: np.ndarray,
+    y_train: list[str],
+    test_x: np.ndarray,
+    y_test: list[str],
+    prototypes: tuple[list[str], np.ndarray] | None,
+    seed: int,
 ) -> dict:
     names, protos = prototypes if prototypes is not None else compute_prototypes(train_x, y_train)
     out: dict[str, Any] = disentanglement(test_x, y_test, names, protos)
@@ -176,14 +181,14 @@ def evaluate(
     }
     out_dir = run.path / "eval"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(strict_json.dumps(metrics, indent=2), encoding="utf-8")
     if figures:
         _write_report(out_dir, metrics, reps, y_test, layer)
     return metrics
 
 
 def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], layer: int) -> None:
-    from seer.evaluation import report
+    from seer.evaluation import report  # deferred: matplotlib and t-SNE, only with figures
 
     figs = {"t-SNE of held-out representations, base vs SEER": "tsne.png"}
     report.tsne_figure(
