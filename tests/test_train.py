@@ -173,12 +173,19 @@ def _grads(trainer, batch) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("objective", ["supcon", "paper"])
+CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # issue 19's options
+
+
+@pytest.mark.parametrize(
+    ("objective", "forms"), [("supcon", {}), ("paper", {}), ("supcon", CENTERED)]
+)
 def test_gradient_caching_gives_the_whole_batch_gradients(
-    tmp_path, tokenizer, concept_file, retain_file, objective
+    tmp_path, tokenizer, concept_file, retain_file, objective, forms
 ):
+    """Also for the centred representation: every micro-batch is centred on the whole
+    contrastive batch's mean state, as the batch done at once is."""
     trainer = _trainer_on_tiny(
-        tmp_path, tokenizer, concept_file, retain_file, objective=objective, batch_size=6
+        tmp_path, tokenizer, concept_file, retain_file, objective=objective, batch_size=6, **forms
     )
     ds = trainer.train_dataset
     batch = trainer.data_collator([ds[i] for i in range(6)])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,20 +15,49 @@ from transformers import PreTrainedTokenizerBase
 from seer.core.batching import length_batches, unbatch
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
+from seer.core.normalise import center_states, state_mean
 
-__all__ = ["gather_positions", "representations"]
+__all__ = [
+    "estimate_center",
+    "from_raw",
+    "gather_positions",
+    "normalise_states",
+    "pick_positions",
+    "representations",
+]
 
 
-def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def pick_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states ``[B, T, H]`` at token indices ``positions`` ``[B, P]``: ``[B, P, H]``."""
+    index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index).float()
+
+
+def gather_positions(
+    hidden: torch.Tensor, positions: torch.Tensor, center: torch.Tensor | None = None
+) -> torch.Tensor:
     """The representation of each row: hidden states ``[B, T, H]`` at token indices
-    ``positions`` ``[B, P]``, each L2-normalised, concatenated and scaled by ``1/sqrt(P)``.
+    ``positions`` ``[B, P]``, minus ``center`` ``[P, H]`` if given (see
+    :mod:`seer.core.normalise`), each L2-normalised, concatenated and scaled by ``1/sqrt(P)``.
 
     The result is unit-norm, and the cosine of two results is the mean of the per-position
     cosines; with one position it is simply the normalised hidden state.
     """
-    index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
-    picked = F.normalize(hidden.gather(1, index).float(), dim=-1)  # [B, P, H]
+    return normalise_states(pick_positions(hidden, positions), center)
+
+
+def normalise_states(picked: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Representations ``[B, P*H]`` from states ``[B, P, H]`` at the read positions: minus
+    ``center`` ``[P, H]`` if given, each L2-normalised, concatenated, scaled by ``1/sqrt(P)``."""
+    picked = F.normalize(center_states(picked, center), dim=-1)
     return picked.flatten(1) / picked.shape[1] ** 0.5
+
+
+def from_raw(raw: np.ndarray, n_positions: int, center: torch.Tensor | None = None) -> np.ndarray:
+    """Representations ``[n, P*H]`` from raw states ``[n, P*H]`` (``representations(...,
+    raw=True)``), read as :func:`gather_positions` reads them."""
+    picked = torch.from_numpy(raw).reshape(len(raw), n_positions, -1)
+    return normalise_states(picked, center).numpy()
 
 
 @torch.no_grad()
@@ -43,11 +73,15 @@ def representations(
     max_length: int = 512,
     layers_path: str | None = None,
     progress: bool | str = False,
+    centers: Mapping[int, torch.Tensor | None] | None = None,
+    raw: bool = False,
 ) -> dict[int, np.ndarray]:
     """Representations ``{layer: [n, P*H] float32}`` of ``examples`` (prompt/response dicts).
 
     ``mode="full"`` formats each example as prompt+response (prompt alone if it has none).
     One forward pass per batch serves every requested layer; it stops after the deepest.
+    ``centers[layer]`` (``[P, H]``) is subtracted before normalising, for the layers it names;
+    ``raw=True`` returns the hidden states at the positions as they are (not normalised).
     """
     encoded: list[Encoded] = [
         encode(tokenizer, ex.get("prompt"), ex.get("response"), mode, max_length)  # type: ignore[arg-type]
@@ -73,7 +107,27 @@ def representations(
             )
             pos = batch["positions"].to(device)
             for layer in layers:
-                chunks[layer].append(gather_positions(hidden[layer], pos).cpu().numpy())
+                if raw:
+                    rep = pick_positions(hidden[layer], pos).flatten(1)
+                else:
+                    rep = gather_positions(hidden[layer], pos, (centers or {}).get(layer))
+                chunks[layer].append(rep.cpu().numpy())
     if not batches:
         return {layer: np.zeros((0, 0), np.float32) for layer in layers}
     return {layer: unbatch(chunks[layer], batches) for layer in layers}
+
+
+def estimate_center(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[dict],
+    layer: int,
+    positions: Sequence[str] = ("last",),
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The ``center`` ``[P, H]`` of a run: the mean hidden state of ``model`` at ``layer`` and
+    each read position over ``examples`` (formatted as prompt+response, as prototypes are).
+    ``kwargs`` go to :func:`representations` (``batch_size``, ``max_length``, ...)."""
+    states = representations(model, tokenizer, examples, [layer], positions, raw=True, **kwargs)
+    picked = torch.from_numpy(states[layer]).reshape(len(examples), len(positions), -1)
+    return state_mean(picked)

@@ -3,7 +3,9 @@
     DIR/seer.json               format version, config, layer, positions, concepts,
                                 base-model fingerprint, calibration, training summary
     DIR/adapter/                the PEFT adapter (loads with plain ``PeftModel.from_pretrained``)
-    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalised representation per concept
+    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalised representation per concept;
+                                ``center`` [P, H] (runs with --representation centered only):
+                                subtracted from the states at the read positions before normalising
     DIR/split/{train,test}.jsonl  the exact split, so evaluation never sees training rows
     DIR/retain.jsonl            the general text used by the retain loss
 
@@ -56,6 +58,7 @@ class Run:
     meta: dict[str, Any]
     prototypes: torch.Tensor
     concepts: list[str] = field(default_factory=list)
+    center: torch.Tensor | None = None  # [P, H]; None: the raw representation
 
     @property
     def layer(self) -> int:
@@ -81,12 +84,14 @@ def partial_dir(output: str | Path) -> Path:
     return partial_path(output)
 
 
-def write_meta(folder: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
+def write_meta(
+    folder: Path, meta: dict[str, Any], prototypes: torch.Tensor, center: torch.Tensor | None = None
+) -> None:
     meta = {"format_version": FORMAT_VERSION, **meta}
-    save_file(
-        {"prototypes": prototypes.float().contiguous().cpu()},
-        str(folder / "prototypes.safetensors"),
-    )
+    tensors = {"prototypes": prototypes.float().contiguous().cpu()}
+    if center is not None:
+        tensors["center"] = center.float().contiguous().cpu()
+    save_file(tensors, str(folder / "prototypes.safetensors"))
     (folder / "seer.json").write_text(strict_json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -117,13 +122,31 @@ def read_run(path: str | Path) -> Run:
     if missing:
         raise SeerError(f"{meta_file} lacks {missing}; it is incomplete: train the run again")
     try:
-        prototypes = load_file(str(path / "prototypes.safetensors"))["prototypes"]
+        tensors = load_file(str(path / "prototypes.safetensors"))
+        prototypes = tensors["prototypes"]
     except (OSError, KeyError, SafetensorError) as exc:
         raise SeerError(
             f"{path / 'prototypes.safetensors'} is missing or corrupt; train the run again"
         ) from exc
     _check_meta(meta_file, meta, prototypes)
-    return Run(path=path, meta=meta, prototypes=prototypes, concepts=list(meta["concepts"]))
+    center = tensors.get("center")
+    if center is not None and (
+        center.ndim != 2
+        or center.shape[0] != len(meta["positions"])
+        or center.numel() != prototypes.shape[1]
+    ):
+        raise SeerError(
+            f"{path / 'prototypes.safetensors'} holds a center of shape {tuple(center.shape)}, "
+            f"not [{len(meta['positions'])} positions, hidden size]; the run folder is damaged: "
+            "train the run again"
+        )
+    return Run(
+        path=path,
+        meta=meta,
+        prototypes=prototypes,
+        concepts=list(meta["concepts"]),
+        center=center,
+    )
 
 
 def _check_meta(meta_file: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from seer.core import strict_json
 from seer.core.formatting import encode, pad_batch
-from seer.core.represent import representations
+from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
 from seer.evaluation.metrics import (
     compute_prototypes,
@@ -119,6 +119,10 @@ def evaluate(
     for name in ("base", "seer"):
         ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
         with ctx:
+            # issue 19: a centered run's readout, the base model read around its own mean
+            center = run.center
+            if center is not None and name == "base":
+                center = estimate_center(peft_model, tokenizer, train_rows, layer, **kw)
             reps[name] = {
                 split: representations(
                     peft_model,
@@ -126,6 +130,7 @@ def evaluate(
                     rows,
                     layers,
                     progress=f"{name} {split}" if progress else False,
+                    centers={layer: center},
                     **kw,
                 )
                 for split, rows in (("train", train_rows), ("test", test_rows))

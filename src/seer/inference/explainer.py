@@ -68,6 +68,7 @@ class Explainer:
         self.layer, self.positions = run.layer, run.positions
         self.concepts = self.readout.concepts
         self.prototypes = self.readout.prototypes
+        self.center = self.readout.center  # [P, H] or None (issue 19)
         self.temperature, self.threshold = self.readout.temperature, self.readout.threshold
         self.max_length = int(run.config.get("max_length", 512))
         self.layers_path: str | None = run.config.get("layers_path")
@@ -160,6 +161,7 @@ class Explainer:
             max_length=self.max_length,
             layers_path=self.layers_path,
             progress=progress,
+            centers={self.layer: self.readout.center},
         )[self.layer]
         return self.readout.read(torch.from_numpy(vectors)).probabilities
 

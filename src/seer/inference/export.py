@@ -4,7 +4,9 @@ The folder loads with plain ``AutoModelForCausalLM.from_pretrained(out)`` (serve
 stack), and carries the run's ``seer.json`` and ``prototypes.safetensors``, so
 ``Explainer.from_run(out)`` works on it too. A server's own hook reads the explanation like
 this (``positions == ["last"]``; with two positions, concatenate the normalised states at
-both, in the order of ``meta["positions"]``, and divide by ``sqrt(2)``)::
+both, in the order of ``meta["positions"]``, and divide by ``sqrt(2)``; a run trained with
+``--representation centered`` also stores ``center`` ``[P, H]`` in ``prototypes.safetensors``:
+subtract its row for each position before normalising, as the README's recipe does)::
 
     import json, torch, torch.nn.functional as F
     from safetensors.torch import load_file

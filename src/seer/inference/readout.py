@@ -95,10 +95,14 @@ class Readout:
         positions: Sequence[str] = ("last",),
         temperature: float = 0.05,
         threshold: float = -1.0,
+        center: torch.Tensor | None = None,
     ) -> None:
         self.concepts = list(concepts)
         self.positions = tuple(positions)
         self.prototypes = normalize_rows(prototypes)  # [K, D] float32, unit rows
+        # [P, H] subtracted from each position's state before normalising (runs trained with
+        # --representation centered, issue 19); None: the raw representation
+        self.center = None if center is None else center.float()
         self.temperature, self.threshold = float(temperature), float(threshold)
         if self.prototypes.shape[0] != len(self.concepts):
             raise SeerError(
@@ -115,6 +119,7 @@ class Readout:
             run.positions,
             float(calibration["temperature"]),
             float(calibration["threshold"]),
+            run.center,
         )
 
     @property
@@ -129,11 +134,14 @@ class Readout:
 
     def vectors(self, user_end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Representations ``[n, D]``: 'last' := each row of ``tokens`` ``[n, H]``, 'user_end'
-        := ``user_end`` (``[H]`` or ``[n, H]``); each normalised, concatenated in the run's
-        position order and divided by ``sqrt(#positions)`` (unit norm, as in training)."""
+        := ``user_end`` (``[H]`` or ``[n, H]``); each minus the run's center (if it has one),
+        normalised, concatenated in the run's position order and divided by
+        ``sqrt(#positions)`` (unit norm, as in training)."""
         parts = []
-        for name in self.positions:
-            h = user_end.expand_as(tokens) if name == "user_end" else tokens
+        for k, name in enumerate(self.positions):
+            h = (user_end.expand_as(tokens) if name == "user_end" else tokens).float()
+            if self.center is not None:
+                h = h - self.center[k].to(h.device)
             parts.append(normalize_rows(h))
         return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 

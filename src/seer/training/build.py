@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers.pytorch_utils import Conv1D
 
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
@@ -30,6 +31,7 @@ from seer.core.memory import (
 )
 from seer.errors import SeerError
 from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
+from seer.training.health import HealthCallback, chance_loss, probe_steps
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 from seer.training.trainer import SeerTrainer
 
@@ -54,7 +56,7 @@ def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
     names = {
         name.rsplit(".", 1)[-1]
         for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear)
+        if isinstance(mod, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2's linear layers
     }
     found = [t for t in wanted if t in names]
     if not found:
@@ -210,6 +212,13 @@ def _arguments(config: TrainConfig, output_dir: str, lr: float, progress: bool, 
     )
 
 
+def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
+    """The steps whose loss parts' gradient shares the health check reads (issue 19)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = config.batch_size * world * (config.gradient_accumulation_steps or 1)
+    return probe_steps(n_pairs // per_step, config.health_check_at)
+
+
 def build_trainer(
     config: TrainConfig,
     model: PreTrainedModel,
@@ -221,7 +230,8 @@ def build_trainer(
     progress: bool = True,
 ) -> SeerTrainer:
     """LoRA on blocks 0..layer of ``model``, the pair schedule, the memory plan (gradient
-    checkpointing when the step would not fit) and the Trainer, ready for ``.train()``."""
+    checkpointing when the step would not fit) and the Trainer, ready for ``.train()``, with
+    the training-health check as ``trainer.health`` (its warnings go into seer.json)."""
     refuse_fsdp()
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
@@ -264,8 +274,15 @@ def build_trainer(
         processing_class=tokenizer,
         seer_config=config,
         layer=layer,
+        gradient_probe_steps=_probe_steps(config, len(dataset)),
     )
     refuse_fsdp(trainer)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)
+    trainer.health = HealthCallback(
+        chance_loss(config.objective, pairs_seen), config.health_check_at
+    )
+    trainer.add_callback(trainer.health)
     trainer.memory_note = (
         f"{plan.describe()}; lower --micro-batch-size or --max-length, or set --memory-budget "
         "to the memory that is really free"

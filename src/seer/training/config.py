@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any, Literal
 
 from seer.core.formatting import POSITIONS
+from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import SeerError
 
 __all__ = ["DEFAULT_TARGET_MODULES", "TRAINER_FIELDS", "TrainConfig"]
@@ -94,8 +95,27 @@ class TrainConfig:
         "default: why, in docs/results.md)",
     )
     temperature: float = _f(0.1, "contrastive temperature tau")
+    # issue 19: both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
+    representation: Literal["raw", "centered"] = _f(
+        "raw",
+        "'raw': the cosine of the hidden states as they are (the paper); 'centered': of the "
+        "hidden states minus a mean state (in training the contrastive batch's; afterwards the "
+        "trained model's on the training texts, stored as 'center' in prototypes.safetensors "
+        "for prototypes and readout), so that what every text shares cannot dominate",
+    )
+    retain_l2_form: Literal["raw", "relative"] = _f(
+        "raw",
+        "'raw': the hidden-state distance in the model's units (the paper); 'relative': each "
+        "token's distance over its reference norm (free of the model's scale; "
+        "massive-activation tokens weigh like any other; try --retain-l2-weight ~100 with it)",
+    )
     contrastive_weight: float = _f(10.0, "weight of the disentanglement loss")
     retain_l2_weight: float = _f(1.0, "weight of the hidden-state l2 retain loss on general text")
+    health_check_at: float = _f(
+        0.3,
+        "share of the steps after which the training-health check warns if the contrastive loss "
+        "is still at chance or one loss part carries almost all of the gradient (0 = off)",
+    )
     kl_weight: float = _f(1.0, "weight of the next-token KL retain loss on concept texts (0 = off)")
     format_probs: tuple[float, float, float] = _f(
         (0.75, 0.125, 0.125),
@@ -169,6 +189,7 @@ class TrainConfig:
             )
         if self.objective not in ("paper", "supcon"):
             raise SeerError(f"--objective must be 'paper' or 'supcon', got {self.objective!r}")
+        self._check_forms()
         for name in ("model", "data", "output", "concept_column", "prompt_column"):
             if not str(getattr(self, name)).strip():
                 raise SeerError(f"{_flag(name)} is empty; give a value")
@@ -212,6 +233,21 @@ class TrainConfig:
         self._check_trainer_fields()
         if self.layer is not None and self.layer < 0:
             raise SeerError(f"--layer must be >= 0 (0 is the first block), got {self.layer}")
+
+    def _check_forms(self) -> None:
+        """``representation``, ``retain_l2_form`` and ``health_check_at`` (issue 19)."""
+        if self.representation not in REPRESENTATIONS:
+            raise SeerError(
+                f"--representation must be one of {REPRESENTATIONS}, got {self.representation!r}"
+            )
+        if self.retain_l2_form not in RETAIN_L2_FORMS:
+            raise SeerError(
+                f"--retain-l2-form must be one of {RETAIN_L2_FORMS}, got {self.retain_l2_form!r}"
+            )
+        if not 0 <= self.health_check_at < 1:
+            raise SeerError(
+                f"--health-check-at is a share of the steps in [0, 1), got {self.health_check_at}"
+            )
 
     def _check_trainer_fields(self) -> None:
         from transformers.trainer_utils import SchedulerType  # heavy: only when validating

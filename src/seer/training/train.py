@@ -16,7 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
 from seer.core.folders import claim_output
 from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
-from seer.core.represent import representations
+from seer.core.normalise import state_mean
+from seer.core.represent import from_raw, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
 from seer.evaluation.calibration import calibrate
@@ -113,9 +114,11 @@ def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
 
 
 def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progress: bool):
-    """Prototypes from the training split, calibration on the held-out split."""
+    """Prototypes from the training split, calibration on the held-out split; for the
+    'centered' representation, around the trained model's mean state on the training split
+    (issue 19), returned as the fourth item (None for 'raw')."""
 
-    def reps(split: list[dict], what: str):
+    def reps(split: list[dict], what: str, **kw):
         return representations(
             trainer.model,
             tokenizer,
@@ -125,15 +128,22 @@ def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progres
             max_length=config.max_length,
             layers_path=config.layers_path,
             progress=what if progress else False,
+            **kw,
         )[trainer.layer]
 
-    names, protos = compute_prototypes(reps(rows[0], "prototypes"), [r["concept"] for r in rows[0]])
-    test = reps(rows[1], "calibration")
-    return names, protos, calibrate(test, [r["concept"] for r in rows[1]], names, protos)
+    raw_train, n_pos = reps(rows[0], "prototypes", raw=True), len(config.positions)
+    center = None
+    if config.representation == "centered":
+        center = state_mean(torch.from_numpy(raw_train).reshape(len(raw_train), n_pos, -1))
+    concepts = [r["concept"] for r in rows[0]]
+    names, protos = compute_prototypes(from_raw(raw_train, n_pos, center), concepts)
+    test = reps(rows[1], "calibration", centers={trainer.layer: center})
+    calibration = calibrate(test, [r["concept"] for r in rows[1]], names, protos)
+    return names, protos, calibration, center
 
 
 def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> None:
-    names, protos, calibration = readout
+    names, protos, calibration, center = readout
     trainer.model.save_pretrained(str(partial / "adapter"))
     clock: RunClock = info["clock"]
     checkpoint = last_checkpoint(config.output) if config.resume else None
@@ -163,6 +173,7 @@ def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> Non
         "concepts": names,
         "learning_rate": trainer.args.learning_rate,
         "calibration": calibration,
+        "health": trainer.health.warnings,
         "train": {
             "steps": trainer.state.global_step,
             "examples": len(rows[0]),
@@ -172,7 +183,7 @@ def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> Non
             "train_loss": train_loss,
         },
     }
-    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))
+    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)), center=center)
 
 
 def train(

@@ -14,6 +14,10 @@ One training step, for B pairs (view1_i, view2_i) of the same concept and B reta
 
 With ``micro_batch_size`` below the batch, the step is done by gradient caching
 (:meth:`SeerTrainer._cached_step`). Padding is to each batch's longest text.
+
+The passes return the raw states at the read positions; :meth:`SeerTrainer._contrastive` makes
+them representations, for ``--representation centered`` around the mean state of the whole
+contrastive batch (every micro-batch of it; issue 19, :mod:`seer.core.normalise`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import Trainer
 
-from seer.core import losses
+from seer.core import losses, normalise
 from seer.core.layers import capture_layers, run_until
-from seer.core.represent import gather_positions
+from seer.core.represent import normalise_states, pick_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
 from seer.training.gradcache import micro_batches, rng_state, set_rng_state
+from seer.training.health import gradient_shares
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 
 __all__ = [
@@ -77,9 +82,19 @@ class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
     caching, the DDP gradient average), ``log`` and the sampler."""
 
-    def __init__(self, *args, seer_config: TrainConfig, layer: int, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        seer_config: TrainConfig,
+        layer: int,
+        gradient_probe_steps: frozenset[int] = frozenset(),
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
+        # issue 19: the 0-based steps at which each loss part's share of the gradient is
+        # measured for the health check (steps done at once, not by gradient caching).
+        self.gradient_probe_steps = gradient_probe_steps
         self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
         self.model_accepts_loss_kwargs = False  # compute_loss does not use num_items_in_batch
         # set by Trainer.train() for each update; also a step run outside it (the benches)
@@ -119,12 +134,12 @@ class SeerTrainer(Trainer):
         return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
     def _representations(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """``z1, z2`` of a batch: the adapted passes of :meth:`_terms`, cut at the target layer
-        (the first stage of gradient caching)."""
+        """``s1, s2`` of a batch (states ``[B, P, H]`` at the read positions): the adapted
+        passes of :meth:`_terms`, cut at the target layer (the first stage of gradient caching)."""
         layer, v1, v2 = self.layer, batch["view1"], batch["view2"]
         h1, _ = self._forward(model, v1, [layer], full=False)
         h2, _ = self._forward(model, v2, [layer], full=False)
-        return gather_positions(h1[layer], v1["positions"]), gather_positions(
+        return pick_positions(h1[layer], v1["positions"]), pick_positions(
             h2[layer], v2["positions"]
         )
 
@@ -136,7 +151,8 @@ class SeerTrainer(Trainer):
         counts: tuple[int, int] | None = None,
         rng: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """The passes of one batch: ``z1, z2``, the weighted retain loss and its parts.
+        """The passes of one batch: ``s1, s2`` (the states at the read positions, see
+        :meth:`_representations`), the weighted retain loss and its parts.
 
         ``counts`` (real retain tokens, real view-1 tokens of the whole batch) marks a micro-batch
         of gradient caching: its parts are scaled by its share of the batch's tokens, so that
@@ -168,29 +184,36 @@ class SeerTrainer(Trainer):
             if use_l2:
                 h_retain, _ = self._forward(model, retain, adapted, full=False)
                 mine = [h_retain[i] for i in adapted]
-        z1, z2 = gather_positions(h1[layer], v1["positions"]), gather_positions(h2, v2["positions"])
+        s1, s2 = pick_positions(h1[layer], v1["positions"]), pick_positions(h2, v2["positions"])
         parts: dict[str, torch.Tensor] = {}
-        retain_loss = z1.new_zeros(())
+        retain_loss = s1.new_zeros(())
         if use_l2:
             share = 1.0 if counts is None else int(retain["attention_mask"].sum()) / counts[0]
             refs = [ref_hidden[i] for i in adapted]
-            parts["retain_l2"] = share * losses.retain_l2(mine, refs, retain["attention_mask"])
+            l2 = losses.retain_l2 if cfg.retain_l2_form == "raw" else normalise.relative_retain_l2
+            parts["retain_l2"] = share * l2(mine, refs, retain["attention_mask"])
             retain_loss = retain_loss + cfg.retain_l2_weight * parts["retain_l2"]
         if use_kl:
             share = 1.0 if counts is None else final.shape[0] / counts[1]
             parts["kl"] = share * self._kl(model, final, ref_final)
             retain_loss = retain_loss + cfg.kl_weight * parts["kl"]
-        return z1, z2, retain_loss, parts
+        return s1, s2, retain_loss, parts
 
-    def _contrastive(self, z1: torch.Tensor, z2: torch.Tensor, concepts: torch.Tensor) -> tuple:
-        """The contrastive loss over the batch of every process; also returns what it saw."""
+    def _contrastive(self, s1: torch.Tensor, s2: torch.Tensor, concepts: torch.Tensor) -> tuple:
+        """The contrastive loss over the batch of every process, from the states ``[B, P, H]``
+        at the read positions; also returns what it saw (the representations ``z1, z2``).
+
+        ``--representation centered`` subtracts the mean state of the whole contrastive batch
+        (both views, every micro-batch and, when gathered, every process), with its gradient."""
         cfg = self.seer_config
         if cfg.gather_across_processes:
-            z1, z2, concepts = (
-                gather_with_grad(z1),
-                gather_with_grad(z2),
+            s1, s2, concepts = (
+                gather_with_grad(s1),
+                gather_with_grad(s2),
                 gather_with_grad(concepts),
             )
+        center = normalise.batch_center([s1, s2]) if cfg.representation == "centered" else None
+        z1, z2 = normalise_states(s1, center), normalise_states(s2, center)
         if cfg.objective == "paper":
             return losses.info_nce(z1, z2, cfg.temperature), z1, z2, concepts
         both = torch.cat([concepts, concepts])
@@ -234,9 +257,11 @@ class SeerTrainer(Trainer):
     def _cached_step(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         """Gradient caching (Gao et al., 2021): a contrastive batch larger than memory allows.
 
-        1. every micro-batch's ``z1, z2`` without grad (its random state kept);
-        2. the contrastive loss over all of them, and its gradient with respect to each ``z``;
-        3. each micro-batch again with grad, back-propagating ``z . grad_z`` plus its retain
+        1. every micro-batch's states ``s1, s2`` at the read positions without grad (its random
+           state kept);
+        2. the contrastive loss over all of them (a centred representation around the whole
+           batch's mean), and its gradient with respect to each ``s``;
+        3. each micro-batch again with grad, back-propagating ``s . grad_s`` plus its retain
            terms (per-token means, weighted by the micro-batch's share of the batch's tokens).
         The parameter gradients equal those of the whole batch done at once.
         """
@@ -250,12 +275,12 @@ class SeerTrainer(Trainer):
             for chunk in chunks:
                 states.append(rng_state())
                 reps.append(self._representations(peft_model, chunk))
-        z1 = torch.cat([r[0] for r in reps]).requires_grad_(True)
-        z2 = torch.cat([r[1] for r in reps]).requires_grad_(True)
+        s1 = torch.cat([r[0] for r in reps]).requires_grad_(True)
+        s2 = torch.cat([r[1] for r in reps]).requires_grad_(True)
         with self.compute_loss_context_manager():
             labels = torch.cat([chunk["concepts"] for chunk in chunks])  # the rows' new order
-            contrastive, g1, g2, concepts = self._contrastive(z1, z2, labels)
-        grad1, grad2 = torch.autograd.grad(cfg.contrastive_weight * contrastive, [z1, z2])
+            contrastive, g1, g2, concepts = self._contrastive(s1, s2, labels)
+        grad1, grad2 = torch.autograd.grad(cfg.contrastive_weight * contrastive, [s1, s2])
         counts = (
             int(inputs["retain"]["attention_mask"].sum()) if "retain" in inputs else 0,
             int(inputs["view1"]["attention_mask"].sum()),
@@ -285,11 +310,22 @@ class SeerTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         peft_model = self.accelerator.unwrap_model(model)
-        z1, z2, retain_loss, parts = self._terms(peft_model, inputs)
-        contrastive, z1, z2, concepts = self._contrastive(z1, z2, inputs["concepts"])
+        s1, s2, retain_loss, parts = self._terms(peft_model, inputs)
+        contrastive, z1, z2, concepts = self._contrastive(s1, s2, inputs["concepts"])
         loss = self.seer_config.contrastive_weight * contrastive + retain_loss
         self._record({"contrastive": contrastive, **parts}, z1, z2, concepts)
+        if self.state.global_step in self.gradient_probe_steps and model.training:
+            self._probe_gradients({"contrastive": contrastive, **parts}, model)
         return (loss, {"z1": z1, "z2": z2}) if return_outputs else loss
+
+    def _probe_gradients(self, parts: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """Each weighted loss part's share of the gradient, for the health check (issue 19)."""
+        cfg = self.seer_config
+        weights = {"contrastive": cfg.contrastive_weight, "retain_l2": cfg.retain_l2_weight}
+        weighted = {k: weights.get(k, cfg.kl_weight) * v for k, v in parts.items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        for name, share in gradient_shares(weighted, params).items():
+            self._metrics[f"grad_share_{name}"].append(share)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:
