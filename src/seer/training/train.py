@@ -15,14 +15,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
+from seer.core.data import load_concepts, load_prompts, read_jsonl, split_three, write_jsonl
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
 from seer.core.models import fingerprint, load_model
 from seer.core.represent import representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
-from seer.evaluation.calibration import calibrate
+from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
 from seer.training.config import TrainConfig
 from seer.training.retain import general_text, load_retain
@@ -32,6 +32,8 @@ from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_
 __all__ = ["default_layer", "train"]
 
 logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "calibration", "test")
 
 
 def _barrier() -> None:
@@ -66,10 +68,13 @@ def _lora_targets(model: torch.nn.Module, wanted: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _prepare_data(config: TrainConfig, partial: Path, main: bool) -> tuple[list[dict], list[dict]]:
+def _prepare_data(
+    config: TrainConfig, partial: Path, main: bool
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, calibration, test)`` rows: read back on --resume, else split afresh."""
     split_dir = partial / "split"
-    if config.resume and (split_dir / "train.jsonl").is_file():
-        return read_jsonl(split_dir / "train.jsonl"), read_jsonl(split_dir / "test.jsonl")
+    if config.resume and (split_dir / "calibration.jsonl").is_file():
+        return tuple(read_jsonl(split_dir / f"{n}.jsonl") for n in SPLITS)  # type: ignore[return-value]
     examples = load_concepts(
         config.data,
         config.concept_column,
@@ -81,7 +86,7 @@ def _prepare_data(config: TrainConfig, partial: Path, main: bool) -> tuple[list[
         if config.exclude_prompts_from
         else (),
     )
-    return split_examples(examples, config.test_fraction, config.seed)
+    return split_three(examples, config.test_fraction, config.calibration_fraction, config.seed)
 
 
 def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -> None:
@@ -121,7 +126,7 @@ def train(
     started = time.time()
     partial = partial_dir(config.output)
     # Everything that can fail on bad input happens before anything is written.
-    train_rows, test_rows = _prepare_data(config, partial, main)
+    train_rows, cal_rows, test_rows = _prepare_data(config, partial, main)
     if main:
         _check_same_config(config, partial, write=False)
     if model is None or tokenizer is None:
@@ -138,13 +143,14 @@ def train(
         partial.mkdir(parents=True, exist_ok=True)
         _check_same_config(config, partial)
         (partial / "split").mkdir(exist_ok=True)
-        write_jsonl(partial / "split" / "train.jsonl", train_rows)
-        write_jsonl(partial / "split" / "test.jsonl", test_rows)
+        for name, rows in zip(SPLITS, (train_rows, cal_rows, test_rows), strict=True):
+            write_jsonl(partial / "split" / f"{name}.jsonl", rows)
     base_fingerprint = fingerprint(model)
     concepts = sorted({row["concept"] for row in train_rows})
     logger.info(
-        "%d training and %d held-out examples, %d concepts",
+        "%d training, %d calibration and %d test examples, %d concepts",
         len(train_rows),
+        len(cal_rows),
         len(test_rows),
         len(concepts),
     )
@@ -232,7 +238,7 @@ def train(
         _barrier()
         return Path(config.output)
 
-    # Prototypes from the training split, calibration on the held-out split.
+    # Prototypes from the training split.
     reps_train = representations(
         peft_model,
         tokenizer,
@@ -244,17 +250,19 @@ def train(
         progress="prototypes" if progress else False,
     )[layer]
     names, protos = compute_prototypes(reps_train, [r["concept"] for r in train_rows])
-    reps_test = representations(
+    # Temperature and `none` threshold from the calibration split only (issue 18, e-eval).
+    calibration = fit_calibration(
         peft_model,
         tokenizer,
-        test_rows,
-        [layer],
-        config.positions,
+        cal_rows,
+        names,
+        protos,
+        layer=layer,
+        positions=config.positions,
         max_length=config.max_length,
         layers_path=config.layers_path,
-        progress="calibration" if progress else False,
-    )[layer]
-    calibration = calibrate(reps_test, [r["concept"] for r in test_rows], names, protos)
+        progress=progress,
+    )
 
     peft_model.save_pretrained(str(partial / "adapter"))
     log_history = trainer.state.log_history
@@ -274,6 +282,7 @@ def train(
         "train": {
             "steps": trainer.state.global_step,
             "examples": len(train_rows),
+            "calibration": len(cal_rows),
             "held_out": len(test_rows),
             "pairs": len(pairs),
             "seconds": round(time.time() - started, 1),
