@@ -23,6 +23,7 @@ from seer.evaluation.metrics import (
     ot_separation,
     probe_accuracy,
 )
+from seer.evaluation.monitor_report import monitoring_figures
 from seer.evaluation.monitors import (
     base_calibration,
     best_layer,
@@ -253,4 +254,5 @@ def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], l
             f"{name}: nearest prototype",
         )
         figs[f"Confusion matrix ({name})"] = f"confusion_{name}.png"
+    figs.update(monitoring_figures(metrics, out_dir))
     report.write_report(out_dir, metrics, figs, metrics.get("generations"))

@@ -92,11 +92,16 @@ def detection(
     test_positive: np.ndarray,
     fprs: Sequence[float] = (0.01, 0.05),
 ) -> dict:
-    """One-vs-rest detection of one concept: ROC AUC on test, and for each target FPR the
-    threshold set on the calibration negatives with the recall and the realised FPR on test."""
+    """One-vs-rest detection of one concept: ROC AUC on test (and on calibration, for choosing
+    between monitors without test rows), and for each target FPR the threshold set on the
+    calibration negatives with the recall and the realised FPR on test."""
     cal_scores, test_scores = np.asarray(cal_scores), np.asarray(test_scores)
     cal_positive, test_positive = np.asarray(cal_positive, bool), np.asarray(test_positive, bool)
-    out: dict = {"auroc": roc_auc(test_scores, test_positive), "at_fpr": {}}
+    out: dict = {
+        "auroc": roc_auc(test_scores, test_positive),
+        "calibration_auroc": roc_auc(cal_scores, cal_positive),
+        "at_fpr": {},
+    }
     for fpr in fprs:
         t = fpr_threshold(cal_scores[~cal_positive], fpr)
         flagged = test_scores > t

@@ -109,13 +109,16 @@ def external_probes(
 
 
 def compare(seer: Mapping, probes: Mapping[str, Mapping], names: Sequence[str]) -> dict:
-    """Concept by concept: SEER's AUROC and recall at 1% FPR against the external probe with
-    the best AUROC on that concept; ``verdict`` is ``beats`` / ``matches`` / ``below``
-    (AUROC difference beyond +/- MATCH_TOLERANCE)."""
+    """Concept by concept: SEER's test AUROC and recall at 1% FPR against those of the external
+    probe with the best *calibration* AUROC on that concept (chosen without test rows);
+    ``verdict`` is ``beats`` / ``matches`` / ``below`` (test AUROC difference beyond +/-
+    MATCH_TOLERANCE)."""
     rows = {}
     for name in names:
         ours = seer["per_concept"][name]
-        best_key = max(probes, key=lambda k: _num(probes[k]["per_concept"][name]["auroc"]))
+        best_key = max(
+            probes, key=lambda k: _num(probes[k]["per_concept"][name]["calibration_auroc"])
+        )
         theirs = probes[best_key]["per_concept"][name]
         diff = _num(ours["auroc"]) - _num(theirs["auroc"])
         verdict = "matches" if abs(diff) <= MATCH_TOLERANCE else "beats" if diff > 0 else "below"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seer.evaluation.monitor_report import monitoring_sections
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["tsne_figure", "layer_sweep_figure", "confusion_figure", "write_report"]
@@ -300,6 +302,7 @@ def write_report(
         lines += ["## Run", "", *run, ""]
     for section in (
         _metric_section(metrics),
+        monitoring_sections(metrics),
         _retention_section(metrics),
         _ot_section(metrics),
         _figure_section(figures),
