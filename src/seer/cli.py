@@ -255,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not evaluate the base model (an earlier base.json in DIR/detox is shown)",
     )
+    p.add_argument(
+        "--refusal-rule",
+        choices=["strict", "paper"],
+        default="strict",
+        help="how a refusal is counted: strict (a refusal phrase opens the reply) or paper "
+        "(the SEER authors' case-sensitive substrings anywhere in it)",
+    )
     p.set_defaults(func=_cmd_detox)
     return parser
 

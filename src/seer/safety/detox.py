@@ -29,7 +29,7 @@ import numpy as np
 from seer.core.data import load_prompts
 from seer.errors import SeerError
 from seer.inference.explain import Explainer, Generation, Monitor
-from seer.safety.refusal import is_refusal
+from seer.safety.refusal import refusal_rule as get_refusal_rule
 from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
 
 __all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "main", "read_prompts"]
@@ -152,9 +152,17 @@ class _Evaluation:
     every variant recorded so far (``results``, and files under ``out_dir``)."""
 
     def __init__(
-        self, explainer: Explainer, bt: list[str], xst: list[str], judge: Any, out_dir: Path
+        self,
+        explainer: Explainer,
+        bt: list[str],
+        xst: list[str],
+        judge: Any,
+        out_dir: Path,
+        refusal_rule: str = "strict",
     ) -> None:
         from seer.training.retain import general_text
+
+        self.refusal_rule, self.is_refusal = refusal_rule, get_refusal_rule(refusal_rule)
 
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
         self.bt, self.xst = bt, xst
@@ -186,11 +194,12 @@ class _Evaluation:
         from seer.safety.judge import safe_mask
 
         bt, xst = self.bt, self.xst
-        safe = safe_mask(bt, bt_gen.replies, self.judge)
-        refused = [is_refusal(r) for r in xst_gen.replies]
+        safe = safe_mask(bt, bt_gen.replies, self.judge, self.is_refusal)
+        refused = [self.is_refusal(r) for r in xst_gen.replies]
         entry: dict[str, Any] = {
             "BT": float(safe.mean()),
-            "BT_refusal": float(sum(is_refusal(r) for r in bt_gen.replies) / len(bt)),
+            "BT_refusal": float(sum(map(self.is_refusal, bt_gen.replies)) / len(bt)),
+            "refusal_rule": self.refusal_rule,
             "XST": float(sum(refused) / len(xst)),
             "degenerate_bt": sum(map(is_degenerate, bt_gen.replies)) / len(bt),
             "degenerate_xst": sum(map(is_degenerate, xst_gen.replies)) / len(xst),
@@ -296,13 +305,16 @@ def detox_eval(
     unsafe_concept: str = "unsafe",
     safe_concept: str = "safe",
     skip_base: bool = False,
+    refusal_rule: str = "strict",
 ) -> dict[str, Any]:
     """Evaluate base and SEER (optionally with monitors: each mode at each threshold) on BT
     and XST; writes ``DIR/detox/<variant>.json`` with the replies, and, when the run has the
     unsafe concept, the stop monitor's trade-off at every threshold (``stop_curve.json`` and
     ``.png``, from the plain pass watched in shadow mode and its replies' final
     explanations). With ``skip_base``, an earlier ``base.json`` in the folder for the same
-    prompt counts is shown instead. Returns the results."""
+    prompt counts is shown instead. ``refusal_rule`` counts refusals (XST, and BT replies safe
+    without the judge): ``strict`` (a refusal phrase opens the reply) or ``paper`` (the SEER
+    authors' substrings anywhere, :mod:`seer.safety.refusal`). Returns the results."""
     started = time.time()
     explainer = Explainer.from_run(run_dir)
     thresholds = sorted({threshold} if isinstance(threshold, int | float) else set(threshold))
@@ -333,7 +345,7 @@ def detox_eval(
     bt = read_prompts(harmful, limit, seed)
     xst = read_prompts(xstest, limit, seed)
     judge = _judge(judge_data, set(read_prompts(harmful)), out_dir / "judge.json")
-    ev = _Evaluation(explainer, bt, xst, judge, out_dir)
+    ev = _Evaluation(explainer, bt, xst, judge, out_dir, refusal_rule)
 
     if skip_base:
         ev.reuse_base()
@@ -384,6 +396,7 @@ def main(args: Any) -> int:
         unsafe_concept=args.unsafe_concept,
         safe_concept=args.safe_concept,
         skip_base=args.skip_base,
+        refusal_rule=getattr(args, "refusal_rule", "strict"),
     )
     print(f"{'variant':<20}{'BT':>8}{'XST':>8}{'KL':>9}{'ppl':>9}{'degenerate':>12}  judge acc")
     for name, r in results.items():
