@@ -52,7 +52,7 @@ def projection_kl(
     layer: int,
     bases: dict[str, np.ndarray],
     *,
-    batch_size: int = 8,
+    batch_size: int = 4,
     max_length: int = 512,
     layers_path: str | None = None,
     progress: bool | str = False,
