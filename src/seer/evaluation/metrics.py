@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -217,7 +218,7 @@ def ot_separation(
         k: float(np.sqrt(np.mean(np.sum((c - c.mean(axis=0)) ** 2, axis=1))))
         for k, c in clouds.items()
     }
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     names = list(clouds)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

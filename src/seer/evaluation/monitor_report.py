@@ -143,7 +143,7 @@ def _faithfulness(faith: Mapping) -> list[str]:
                 )
     if not rows:
         return []
-    some = faith.get("seer") or faith.get("base")
+    some: Mapping = faith.get("seer") or faith.get("base") or {}
     intro = (
         f"Block {some['layer']} output projected off a subspace at every position, on "
         f"{some['n_texts']} test texts; KL(clean || projected) in nats/token; random: "

@@ -42,7 +42,11 @@ def expected_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: in
     for b in range(n_bins):
         mask = index == b
         count = int(mask.sum())
-        row = {"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count}
+        row: dict[str, float | int | None] = {
+            "lower": b / n_bins,
+            "upper": (b + 1) / n_bins,
+            "count": count,
+        }
         if count:
             acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
             ece += count / len(conf) * abs(acc - mean_conf)

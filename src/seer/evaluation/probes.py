@@ -7,7 +7,7 @@ through the same :func:`seer.evaluation.monitoring.probability_metrics` as SEER'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,8 +45,8 @@ def fit_probe(kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
 
 def probe_metrics(
     kind: str,
-    reps: dict[str, np.ndarray],
-    targets: dict[str, np.ndarray],
+    reps: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
     names: Sequence[str],
     seed: int = 0,
 ) -> dict:

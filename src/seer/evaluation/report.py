@@ -216,7 +216,7 @@ def _metric_section(metrics: Mapping) -> list[str]:
         b, s = _lookup(base, name), _lookup(seer, name)
         if b is None and s is None:
             continue
-        delta = float(s) - float(b) if _is_num(b) and _is_num(s) else None
+        delta = float(s) - float(b) if _is_num(b) and _is_num(s) else None  # type: ignore[arg-type]
         label = f"{name} (lower is better)" if name in LOWER_IS_BETTER else name
         rows.append([label, _fmt(b), _fmt(s), _fmt(delta)])
     if not rows:
@@ -239,8 +239,8 @@ def _retention_section(metrics: Mapping) -> list[str]:
 
 
 def _ot_section(metrics: Mapping) -> list[str]:
-    models = {m: _lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
-    models = {m: p for m, p in models.items() if isinstance(p, list) and p}
+    found = {m: _lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
+    models: dict[str, list] = {m: p for m, p in found.items() if isinstance(p, list) and p}
     if not models:
         return []
     merged: dict[tuple[str, str], dict[str, Mapping]] = {}
