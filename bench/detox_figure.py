@@ -20,6 +20,14 @@ def main() -> None:
     parser.add_argument("run", help="run folder with DIR/detox/stop_curve.json and seer.json")
     parser.add_argument("--base", help="a base.json of the same prompts (default: the run's)")
     parser.add_argument("--out", help="default: DIR/detox/stop_curve.png")
+    parser.add_argument(
+        "--target",
+        type=float,
+        nargs=2,
+        default=(0.30, 0.10),
+        metavar=("BT_RISE", "XST_RISE"),
+        help="shaded region over the base model (default: the detox issue's BT +0.30, XST +0.10)",
+    )
     args = parser.parse_args()
 
     detox = Path(args.run) / "detox"
@@ -29,7 +37,12 @@ def main() -> None:
         raise SystemExit(f"{args.base} scores {base['n_bt']} + {base['n_xst']} prompts, not these")
     seer = json.loads((detox / "seer.json").read_text(encoding="utf-8"))
     out = draw_stop_curves(
-        saved, args.out or detox / "stop_curve.png", Path(args.run).name, base, seer
+        saved,
+        args.out or detox / "stop_curve.png",
+        Path(args.run).name,
+        base,
+        seer,
+        target=tuple(args.target),
     )
     print(f"wrote {out}")
 

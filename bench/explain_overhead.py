@@ -20,7 +20,7 @@ import time
 import torch
 
 from seer.core.formatting import prompt_ids
-from seer.inference.explain import Explainer
+from seer.inference.explainer import Explainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

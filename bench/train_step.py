@@ -8,8 +8,8 @@ and the same batches, and use the same loss functions from ``seer.core.losses``:
     (adapter off, no grad) on retain (all hidden states, stacked) and view 1; with LoRA on
     retain (all hidden states), view 1 (hook at the target layer), view 2, view 1 again (KL);
     backward; AdamW. It drops outputs as early as it can (a lower bound on its memory).
-(b) seer: ``SeerTrainer.compute_loss`` built as ``seer.train`` builds it (objective="paper"),
-    then backward and the trainer's own optimizer.
+(b) seer: ``SeerTrainer.compute_loss`` of the trainer from ``seer.training.build.build_trainer``
+    (what ``seer train`` runs; objective="paper"), then backward and the trainer's optimizer.
 
 See docs/performance.md for how memory and FLOPs (MFU) are counted.
 """
@@ -24,8 +24,7 @@ import tempfile
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, TrainingArguments
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from seer.core import losses
 from seer.core.data import load_concepts
@@ -33,10 +32,9 @@ from seer.core.formatting import Encoded, pad_batch
 from seer.core.layers import capture_layers, get_layers
 from seer.core.models import load_model
 from seer.core.represent import gather_positions
+from seer.training.build import build_trainer, default_layer
 from seer.training.config import TrainConfig
 from seer.training.retain import instructions
-from seer.training.train import _learning_rate, _lora_targets, default_layer
-from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
 PARTS = ("contrastive", "retain_l2", "kl")
 KEYS = ("view1", "view2", "retain")
@@ -78,16 +76,22 @@ def _build(args: argparse.Namespace) -> dict:
     n_layers = len(get_layers(model))
     layer = default_layer(n_layers) if args.layer is None else args.layer
     B, gc = args.batch_size, args.gradient_checkpointing
-    config = TrainConfig(objective="paper", batch_size=B, layer=layer, gradient_checkpointing=gc)
-    ranks = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
-    targets, blocks = _lora_targets(model, config.target_modules), list(range(layer + 1))
-    lora = LoraConfig(
-        **ranks, target_modules=targets, layers_to_transform=blocks, task_type="CAUSAL_LM"
+    config = TrainConfig(
+        objective="paper",
+        batch_size=B,
+        layer=layer,
+        gradient_checkpointing=gc,
+        epochs=1.0,
+        seed=args.seed,
     )
-    peft_model = get_peft_model(model, lora)
-    if config.gradient_checkpointing:
-        peft_model.enable_input_require_grads()
-        peft_model.gradient_checkpointing_enable()  # what Trainer.train() would do
+    examples = load_concepts(args.data, "value", "prompt", "response")
+    safe = [e["response"] for e in examples if e["concept"] == "safe" and e["response"]]
+    retain = [{"prompt": q, "response": safe[i]} for i, q in enumerate(instructions("retain"))]
+    # The trainer exactly as `seer train` builds it (LoRA, schedule, memory plan, arguments).
+    output_dir = tempfile.mkdtemp(prefix="seer-bench-")
+    trainer = build_trainer(config, model, tokenizer, examples, retain, output_dir=output_dir)
+    trainer.current_gradient_accumulation_steps = 1
+    peft_model, dataset, collator = trainer.model, trainer.train_dataset, trainer.data_collator
     # A fresh LoRA is the identity, which would make both retain terms exactly 0 at the loss
     # check; a seeded random B makes the adapted model differ from the base.
     gen = torch.Generator().manual_seed(args.seed)
@@ -95,33 +99,8 @@ def _build(args: argparse.Namespace) -> dict:
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
-
-    examples = load_concepts(args.data, "value", "prompt", "response")
-    safe = [e["response"] for e in examples if e["concept"] == "safe" and e["response"]]
-    retain = [{"prompt": q, "response": safe[i]} for i, q in enumerate(instructions("retain"))]
-    concepts = [e["concept"] for e in examples]
-    both = [bool(e["prompt"]) and bool(e["response"]) for e in examples]
-    kw = dict(format_probs=config.format_probs, n_retain=len(retain), seed=args.seed)
-    pairs = build_pairs(concepts, both, epochs=1.0, batch_size=B, balanced=False, **kw)
-    dataset = PairDataset(examples, retain, pairs, tokenizer, config.max_length)
     batches = [[dataset[i * B + j] for j in range(B)] for i in range(1 + args.steps)]
-    lr = _learning_rate(config, model)
-    targs = TrainingArguments(  # the arguments of seer.training.train that matter for one step
-        output_dir=tempfile.mkdtemp(prefix="seer-bench-"),
-        per_device_train_batch_size=B,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        report_to="none",
-        remove_unused_columns=False,
-        gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=not args.device.startswith("cuda"),
-    )
-    collator = PairCollator(tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of)
-    common = dict(processing_class=tokenizer, seer_config=config, layer=layer)
-    trainer = SeerTrainer(
-        model=peft_model, args=targs, train_dataset=dataset, data_collator=collator, **common
-    )
+    lr = trainer.args.learning_rate
     trained = [p for p in peft_model.parameters() if p.requires_grad]
     opt_ref = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     bench = dict(model=peft_model, tokenizer=tokenizer, config=config, layer=layer, args=args)

@@ -16,7 +16,25 @@ COLUMNS = ("concept", "prompt", "response", "other")
 OMIT = object()  # a JSONL row without this key
 
 tricky = st.sampled_from(
-    ["", " ", "\t\n", "a", "A", "b", " a ", "é", "x\u2028y", "p\rq", "\x85", '"', ",", "\x00", "1"]
+    [
+        "",
+        " ",
+        "\t\n",
+        "NaN",
+        "None",
+        "a",
+        "A",
+        "b",
+        " a ",
+        "é",
+        "x\u2028y",
+        "p\rq",
+        "\x85",
+        '"',
+        ",",
+        "\x00",
+        "1",
+    ]
 )
 cell = st.one_of(tricky, st.text(max_size=6))
 json_cell = st.one_of(cell, st.none(), st.integers(-2, 2), st.just(OMIT))
@@ -49,7 +67,8 @@ def write(folder: Path, fmt: str, columns: list[str], rows: list[dict]) -> Path:
 def text(value) -> str | None:
     if value is None or value is OMIT:
         return None
-    return str(value).strip() or None
+    stripped = str(value).strip()
+    return None if stripped.lower() in ("", "nan", "none", "null") else stripped  # missing
 
 
 def expected(fmt: str, columns: list[str], rows: list[dict]) -> list[dict] | None:

@@ -7,9 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import tiny_llama
-from test_explain import trained_run
-from test_judge import BENIGN, HARMFUL, needs_minilm
+from conftest import BENIGN, HARMFUL, needs_minilm, tiny_llama
 
 from seer.cli import main as cli_main
 from seer.errors import SeerError
@@ -25,9 +23,9 @@ def _csv(path, header, rows):
 
 
 @needs_minilm
-def test_detox_eval_with_a_stop_monitor(tmp_path, tmp_path_factory, tokenizer, monkeypatch, capsys):
+def test_detox_eval_with_a_stop_monitor(tmp_path, trained_run, tokenizer, monkeypatch, capsys):
     run = tmp_path / "run"
-    shutil.copytree(trained_run(tmp_path_factory, tokenizer), run)
+    shutil.copytree(trained_run, run)
     monkeypatch.setattr(
         "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
     )

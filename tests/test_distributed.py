@@ -69,26 +69,56 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
+    import torch
     from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
     from pathlib import Path
+    from seer.core.data import load_concepts
     from seer.training.config import TrainConfig
-    from seer.training.train import train
+    from seer.training.retain import load_retain
+    from seer.training.train import build_trainer, train
     d = Path({tmp!r})
     tok = make_tokenizer()
-    cfg = TrainConfig(model="tiny", data=str(d / "c.jsonl"), retain_data=str(d / "r.jsonl"),
-                      output=str(d / "run"), epochs=2, batch_size=2, layer=1, test_fraction=0.34)
+    kw = dict(model="tiny", data=str(d / "c.jsonl"), retain_data=str(d / "r.jsonl"),
+              epochs=2, batch_size=4, layer=1, test_fraction=0.34, lora_dropout=0.0,
+              logging_steps=1)
+    # Gradient caching with cross-process negatives: the averaged parameter gradients of a
+    # step equal those of the same per-process batches done whole.
+    cfg = TrainConfig(output=str(d / "grads"), **kw)
+    rows = load_concepts(str(d / "c.jsonl"), "concept", "prompt", "response")
+    trainer = build_trainer(cfg, tiny_llama(len(tok)), tok, rows, load_retain(str(d / "r.jsonl")),
+                            output_dir=str(d / "grads"), progress=False)
+    rank = torch.distributed.get_rank()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[4 * rank + i] for i in range(4)])
+    grads = []
+    for micro in (None, 1):
+        cfg.micro_batch_size = micro
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.training_step(trainer.model, batch)
+        grads.append({{n: p.grad.clone() for n, p in trainer.model.named_parameters()
+                      if p.requires_grad}})
+    worst = max(((grads[1][n] - g).norm() / g.norm()).item() for n, g in grads[0].items())
+    print(f"rank {{rank}} gradient caching rel.diff {{worst:.2e}}", flush=True)
+    assert worst < 1e-5, worst
+    cfg = TrainConfig(output=str(d / "run"), micro_batch_size={micro}, **kw)
     train(cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     """
 )
 
 
-def test_two_process_training_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("micro", [None, 1])
+def test_two_process_training_runs_end_to_end(tmp_path, micro):
     from conftest import write_concepts, write_retain
 
     write_concepts(tmp_path / "c.jsonl")
     write_retain(tmp_path / "r.jsonl")
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT.format(tests=str(TESTS), tmp=str(tmp_path)))
+    script.write_text(SCRIPT.format(tests=str(TESTS), tmp=str(tmp_path), micro=micro))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
         sys.executable,
@@ -102,6 +132,7 @@ def test_two_process_training_runs_end_to_end(tmp_path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("gradient caching rel.diff") == 2
     run = tmp_path / "run"
     assert (run / "seer.json").is_file() and (run / "adapter").is_dir()
     log = (run / "train_log.jsonl").read_text()
@@ -109,7 +140,8 @@ def test_two_process_training_runs_end_to_end(tmp_path):
     import json
 
     meta = json.loads((run / "seer.json").read_text())
-    assert meta["train"]["steps"] == 6  # 12 examples x 2 epochs / (2 pairs x 2 processes)
+    assert meta["train"]["steps"] == 3  # 12 examples x 2 epochs / (4 pairs x 2 processes)
+    assert meta["config"]["micro_batch_size"] == micro
 
 
 if not dist.is_available():  # pragma: no cover

@@ -4,47 +4,20 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, write_concepts, write_retain
+from conftest import PROMPT, PROMPTS, make_explainer, tiny_llama
 
 from seer.cli import main as cli_main
 from seer.core.formatting import encode, prompt_ids
 from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
-from seer.inference.explain import Explainer, Monitor
-from seer.training.config import TrainConfig
-from seer.training.train import train
-
-PROMPT = "how far away is the moon"
-
-
-def trained_run(tmp_path_factory, tokenizer):
-    """One tiny run per test session (shared with test_export.py); never modified by tests."""
-    root = tmp_path_factory.getbasetemp() / "explain-run"
-    if not (root / "run" / "seer.json").is_file():
-        root.mkdir(exist_ok=True)
-        config = TrainConfig(
-            model="tiny",
-            data=str(write_concepts(root / "concepts.jsonl")),
-            retain_data=str(write_retain(root / "retain.jsonl")),
-            output=str(root / "run"),
-            epochs=2,
-            batch_size=4,
-            layer=1,
-            test_fraction=0.34,
-            overwrite=True,
-        )
-        train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
-    return root / "run"
+from seer.inference.explainer import Monitor
+from seer.inference.monitor import replay
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tokenizer):
-    return trained_run(tmp_path_factory, tokenizer)
-
-
-def make_explainer(path, tokenizer):
-    return Explainer.from_run(path, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer)
+def run_dir(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +178,6 @@ def test_steering_adds_the_vector_at_the_layer(explainer):
     torch.testing.assert_close(towards, plain + expected, rtol=0, atol=1e-5)
 
 
-PROMPTS = [
-    PROMPT,
-    "tell me about cooking pasta with garlic and oil",
-    "cars",
-    "which rocket is fastest",
-]
-
-
 @pytest.mark.parametrize(
     "monitor",
     [
@@ -274,7 +239,7 @@ def test_watch_mode_records_what_stop_would_do(explainer):
         watched.probabilities, stop.fired_at, stop.replies, plain.replies, strict=True
     ):
         first = next((k for k, p in enumerate(row) if p >= threshold), None)
-        assert at == first
+        assert at == first == replay(Monitor("space", threshold), row)
         assert reply == (plain_reply if first is None else Monitor("space").refusal)
 
 
@@ -305,7 +270,7 @@ def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
     )
     assert watched.replies == plain.replies and watched.probabilities == [[]] * len(PROMPTS)
     final = explainer.score_many(PROMPTS, plain.replies)[:, explainer.concepts.index("space")]
-    assert watched.final == pytest.approx(final.tolist(), abs=1e-6)
+    assert watched.final == pytest.approx(final.tolist(), abs=1e-5)
     ordered = sorted(final)
     threshold = float(ordered[1] + ordered[2]) / 2  # two replies above, two below
     monitor = Monitor("space", threshold, refusal="no.", reply_end=True)
@@ -316,6 +281,7 @@ def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
         assert (out.fired_at[i] is not None) == held
         one = explainer.generate(prompt, 5, monitor)
         assert (one.reply, one.intervened_at) == (out.replies[i], out.fired_at[i])
+        assert replay(monitor, [0.0] * len(one.trace), float(final[i])) == out.fired_at[i]
         if held:  # it acted after reading every generated token
             assert out.fired_at[i] > 0
     assert sum(r == "no." for r in out.replies) == 2

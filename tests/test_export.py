@@ -3,19 +3,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
-from test_explain import PROMPT, trained_run
+from conftest import PROMPT, tiny_llama
 from transformers import AutoModelForCausalLM
 
 from seer.core.run import load_trained
 from seer.errors import SeerError
-from seer.inference.explain import Explainer
+from seer.inference.explainer import Explainer
 from seer.inference.export import export
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tokenizer):
-    return trained_run(tmp_path_factory, tokenizer)
+def run_dir(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")

@@ -65,3 +65,30 @@ def test_concept_cosines():
     same, diff = losses.concept_cosines(z, torch.tensor([0, 0, 1]))
     assert same == pytest.approx(1.0)
     assert diff == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_kl_equals_the_whole_kl_with_its_gradients(softcap):
+    torch.manual_seed(0)
+    n, h, v = 37, 16, 50
+    weight = torch.randn(v, h, requires_grad=True)
+    bias = torch.randn(v, requires_grad=True)
+    ref = torch.randn(n, h)
+    hidden = (ref + 0.3 * torch.randn(n, h)).requires_grad_(True)
+
+    def head(x):
+        logits = x @ weight.T + bias
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+    whole = losses.next_token_kl(head(ref).detach(), head(hidden))
+    expected = torch.autograd.grad(whole, [hidden, weight, bias])
+    # 3 rows per chunk: 13 chunks, the last one short
+    chunked = losses.chunked_next_token_kl(hidden, ref, weight, bias, softcap, chunk_elements=150)
+    got = torch.autograd.grad(2.0 * chunked, [hidden, weight, bias])
+    assert abs(chunked.item() - whole.item()) / whole.item() < 1e-5
+    for a, b in zip(got, expected, strict=True):
+        assert ((a - 2.0 * b).norm() / b.norm()).item() < 1e-5
+    with torch.no_grad():  # no gradient wanted: the same value, nothing stored
+        assert losses.chunked_next_token_kl(hidden, ref, weight).item() == pytest.approx(
+            losses.next_token_kl(ref @ weight.T, hidden @ weight.T).item(), rel=1e-5
+        )

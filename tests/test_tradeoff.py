@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import pytest
 
+from seer.errors import SeerError
+from seer.inference.monitor import Monitor, replay
 from seer.safety.tradeoff import (
     best_within,
     cross_fitted_stop,
-    first_crossing,
     plot_tradeoff,
     stop_curve,
 )
 
 
-def test_first_crossing():
-    assert first_crossing([0.1, 0.6, 0.9], 0.5) == 1
-    assert first_crossing([0.1, 0.6, 0.9], 0.6) == 1
-    assert first_crossing([0.1, 0.6, 0.9], 0.95) is None
-    assert first_crossing([], 0.1) is None
+def test_replay_fires_at_the_first_crossing():
+    def stop(threshold, **kw):
+        return Monitor("unsafe", threshold, **kw)
+
+    assert replay(stop(0.5), [0.1, 0.6, 0.9]) == 1
+    assert replay(stop(0.6), [0.1, 0.6, 0.9]) == 1
+    assert replay(stop(0.95), [0.1, 0.6, 0.9]) is None
+    assert replay(stop(0.1), []) is None
+    assert replay(stop(0.5, watch_tokens=0), [0.1, 0.6, 0.9]) is None  # the prompt's end only
+    assert replay(stop(0.5, watch_tokens=1), [0.1, 0.6, 0.9]) == 1
+    assert replay(stop(0.5, reply_end=True), [0.9, 0.9], final=0.4) is None
+    assert replay(stop(0.5, reply_end=True), [0.1, 0.1], final=0.5) == 2  # after the reply
+    with pytest.raises(SeerError, match="replayed"):
+        replay(Monitor("unsafe", 0.5, "steer", towards="safe"), [0.9])
 
 
 def test_stop_curve_counts_fired_or_already_safe():

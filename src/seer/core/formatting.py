@@ -54,8 +54,10 @@ def _template(
     messages = [{"role": "user", "content": prompt}]
     if response is not None:
         messages.append({"role": "assistant", "content": response})
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+    return str(  # a str with tokenize=False
+        tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
     )
 
 
@@ -90,7 +92,7 @@ def encode(
         ids, truncated = head, False
         if len(ids) > max_length:
             budget = max(1, max_length - (len(head) - len(_ids(tokenizer, prompt))))
-            cut = tokenizer.decode(_ids(tokenizer, prompt)[:budget])
+            cut = str(tokenizer.decode(_ids(tokenizer, prompt)[:budget]))
             ids = prompt_ids(tokenizer, cut)[:max_length]
             return Encoded(ids, min(max_length, len(head)) - 1, True)
         return Encoded(ids, len(ids) - 1, truncated)
@@ -99,7 +101,7 @@ def encode(
     if len(full) > max_length:
         overflow = len(full) - max_length
         resp = _ids(tokenizer, response)
-        cut = tokenizer.decode(resp[: max(1, len(resp) - overflow - 2)])
+        cut = str(tokenizer.decode(resp[: max(1, len(resp) - overflow - 2)]))
         full = _ids(tokenizer, _template(tokenizer, prompt, cut, generation_prompt=False))
         full, truncated = full[:max_length], True
     # The prompt-with-header is a prefix of the full text for every common template; where it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,6 @@ __all__ = [
     "add_to_layer",
     "capture_layers",
     "get_layers",
-    "num_layers",
     "run_until",
 ]
 
@@ -38,15 +38,16 @@ LAYER_PATHS: tuple[str, ...] = (
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """Strip PEFT and DDP wrappers down to the Hugging Face model."""
+    current: Any = model  # the wrappers' attributes are looked up by name
     while True:
-        if hasattr(model, "get_base_model"):  # peft.PeftModel
-            model = model.get_base_model()
-        elif isinstance(model, nn.parallel.DistributedDataParallel) or (
-            hasattr(model, "module") and isinstance(model.module, nn.Module)
+        if hasattr(current, "get_base_model"):  # peft.PeftModel
+            current = current.get_base_model()
+        elif isinstance(current, nn.parallel.DistributedDataParallel) or (
+            hasattr(current, "module") and isinstance(current.module, nn.Module)
         ):
-            model = model.module
+            current = current.module
         else:
-            return model
+            return current
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module | None:
@@ -79,10 +80,6 @@ def get_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleLis
         f"(tried {', '.join(LAYER_PATHS)}). "
         "Pass layers_path='<dotted.path.to.ModuleList>' (--layers-path on the CLI)."
     )
-
-
-def num_layers(model: nn.Module, layers_path: str | None = None) -> int:
-    return len(get_layers(model, layers_path))
 
 
 def _hidden(output: object) -> torch.Tensor:
@@ -151,7 +148,7 @@ def capture_layers(
             handle.remove()
 
 
-def run_until(model: nn.Module, **inputs: torch.Tensor) -> object | None:
+def run_until(model: nn.Module, **inputs: Any) -> object | None:
     """Call ``model(**inputs)``; return ``None`` if a hook stopped it early (``StopForward``)."""
     try:
         return model(**inputs)

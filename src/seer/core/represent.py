@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from seer.core.batching import length_batches, unbatch
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
 
@@ -52,11 +53,9 @@ def representations(
         encode(tokenizer, ex.get("prompt"), ex.get("response"), mode, max_length)  # type: ignore[arg-type]
         for ex in examples
     ]
-    order = np.argsort([len(e.input_ids) for e in encoded], kind="stable")
+    batches = length_batches([len(e.input_ids) for e in encoded], batch_size)
     device = next(model.parameters()).device
-    out = {layer: np.zeros((len(encoded), 0), np.float32) for layer in layers}
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    batches = range(0, len(order), batch_size)
     bar = tqdm(
         batches,
         desc=progress if isinstance(progress, str) else "representations",
@@ -64,8 +63,7 @@ def representations(
         unit="batch",
     )
     with capture_layers(model, layers, stop_after=True, layers_path=layers_path) as hidden:
-        for start in bar:
-            idx = order[start : start + batch_size]
+        for idx in bar:
             batch = pad_batch([encoded[i] for i in idx], tuple(positions), tokenizer.pad_token_id)
             run_until(
                 model,
@@ -76,8 +74,6 @@ def representations(
             pos = batch["positions"].to(device)
             for layer in layers:
                 chunks[layer].append(gather_positions(hidden[layer], pos).cpu().numpy())
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    for layer in layers:
-        out[layer] = np.concatenate(chunks[layer])[inverse] if chunks[layer] else out[layer]
-    return out
+    if not batches:
+        return {layer: np.zeros((0, 0), np.float32) for layer in layers}
+    return {layer: unbatch(chunks[layer], batches) for layer in layers}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from seer.core import strict_json
 from seer.core.data import read_jsonl
+from seer.core.folders import check_target, partial_path, replace_folder
 from seer.errors import SeerError
 
 __all__ = [
     "FORMAT_VERSION",
     "Run",
+    "check_layer",
     "check_output",
     "finalize",
     "last_checkpoint",
+    "load_run_model",
+    "load_trained",
     "partial_dir",
     "read_run",
 ]
@@ -74,8 +78,7 @@ class Run:
 
 
 def partial_dir(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".partial")
+    return partial_path(output)
 
 
 def write_meta(folder: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
@@ -84,7 +87,7 @@ def write_meta(folder: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> 
         {"prototypes": prototypes.float().contiguous().cpu()},
         str(folder / "prototypes.safetensors"),
     )
-    (folder / "seer.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (folder / "seer.json").write_text(strict_json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def read_run(path: str | Path) -> Run:
@@ -99,7 +102,12 @@ def read_run(path: str | Path) -> Run:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SeerError(f"{meta_file} is corrupt ({exc}); train the run again") from exc
-    version = meta.get("format_version", 0) if isinstance(meta, dict) else 0
+    if not isinstance(meta, dict):
+        raise SeerError(
+            f"{meta_file} is not a JSON object (it holds {type(meta).__name__!s}); it is "
+            "corrupt: train the run again"
+        )
+    version = meta.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SeerError(
             f"{path} was written by a newer seer (run format {version}; this seer reads up to "
@@ -114,20 +122,48 @@ def read_run(path: str | Path) -> Run:
         raise SeerError(
             f"{path / 'prototypes.safetensors'} is missing or corrupt; train the run again"
         ) from exc
+    _check_meta(meta_file, meta, prototypes)
     return Run(path=path, meta=meta, prototypes=prototypes, concepts=list(meta["concepts"]))
 
 
+def _check_meta(meta_file: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
+    """The fields every command relies on have the right types and agree with each other."""
+    fix = "the run folder is damaged: train the run again"
+    layer, concepts, positions = meta["layer"], meta["concepts"], meta["positions"]
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+        raise SeerError(f"{meta_file}: 'layer' is {layer!r}, not a block number; {fix}")
+    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+        raise SeerError(f"{meta_file}: 'concepts' is not a list of names; {fix}")
+    if not isinstance(positions, list) or not positions:
+        raise SeerError(f"{meta_file}: 'positions' is not a list of positions; {fix}")
+    if not isinstance(meta["config"], dict):
+        raise SeerError(f"{meta_file}: 'config' is not a JSON object; {fix}")
+    if prototypes.ndim != 2 or prototypes.shape[0] != len(concepts):
+        raise SeerError(
+            f"{meta_file} lists {len(concepts)} concepts but prototypes.safetensors holds "
+            f"{prototypes.shape[0] if prototypes.ndim else 0} prototypes; {fix}"
+        )
+
+
+def check_layer(run: Run, model: torch.nn.Module) -> None:
+    """The run's layer exists in ``model`` (a damaged seer.json can name any block)."""
+    from seer.core.layers import get_layers
+
+    n_layers = len(get_layers(model, run.config.get("layers_path")))
+    if not run.layer < n_layers:
+        raise SeerError(
+            f"{run.path / 'seer.json'} names layer {run.layer}, but its model has blocks "
+            f"0..{n_layers - 1}; the run folder is damaged: train the run again"
+        )
+
+
 def check_output(output: str | Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber a finished run unless asked to, and anything else always."""
+    """Refuse to clobber a finished run unless asked to, and anything else always
+    (the rule of :func:`seer.core.folders.check_target`); an interrupted run needs
+    ``--resume`` or ``--overwrite``. Call it while holding the output's lock."""
     output = Path(output)
     partial = partial_dir(output)
-    if output.exists() and not overwrite:
-        raise SeerError(f"{output} already exists; choose another --output or pass --overwrite")
-    if output.exists() and not (output / "seer.json").is_file() and any(_entries(output)):
-        raise SeerError(
-            f"{output} exists and is not a seer run folder; --overwrite replaces only run folders: "
-            "choose another --output"
-        )
+    check_target(output, overwrite)
     if partial.exists() and not resume and not overwrite:
         raise SeerError(
             f"{partial} holds an interrupted run; continue it with --resume, "
@@ -135,10 +171,6 @@ def check_output(output: str | Path, overwrite: bool, resume: bool) -> None:
         )
     if resume and not partial.exists():
         logger.warning("--resume: no interrupted run at %s; starting a new run", partial)
-
-
-def _entries(folder: Path) -> list[Path]:
-    return list(folder.iterdir()) if folder.is_dir() else [folder]
 
 
 def last_checkpoint(output: str | Path) -> Path | None:
@@ -156,32 +188,26 @@ def finalize(partial: Path, output: str | Path) -> Path:
     The checkpoints are removed only after the move: a kill at any moment leaves either a
     resumable ``DIR.partial`` or a complete ``DIR``.
     """
-    output = Path(output)
-    if output.exists():
-        old = output.with_name(output.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(partial, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, output)
+    output = replace_folder(partial, output)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     (output / "config.json").unlink(missing_ok=True)  # the config is in seer.json
+    (output / "elapsed.json").unlink(missing_ok=True)  # the seconds are in seer.json
     return output
 
 
 def load_trained(
     path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
-):
+) -> tuple[Run, Any, Any]:
     """Load a run folder: ``(run, peft_model, tokenizer)``, checking the base model's fingerprint.
 
     ``model``/``tokenizer`` may be given (the run's base model, already loaded) to skip loading.
     """
     from peft import PeftModel
 
-    from seer.core.models import fingerprint, load_model
+    from seer.core.models import ensure_pad_token, fingerprint, load_model  # deferred: transformers
 
     run = read_run(path)
+    _check_adapter(run.path / "adapter")
     if model is None or tokenizer is None:
         model, tokenizer = load_model(run.meta["base_model"], device=device)
     found = fingerprint(model)
@@ -191,10 +217,46 @@ def load_trained(
             f"{run.meta['base_fingerprint']}), but the base model given has fingerprint {found}: "
             "its adapter fits only its own base model; load that one (same weights and revision)"
         )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not (run.path / "adapter" / "adapter_config.json").is_file():
-        raise SeerError(f"{run.path / 'adapter'} is missing or incomplete; train the run again")
-    peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))
+    check_layer(run, model)
+    ensure_pad_token(tokenizer)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SeerError(
+            f"{run.path / 'adapter'} could not be loaded ({first}); its weights are truncated "
+            "or corrupt: train the run again"
+        ) from exc
     peft_model.eval()
     return run, peft_model, tokenizer
+
+
+def _check_adapter(folder: Path) -> None:
+    if not folder.is_dir():
+        raise SeerError(
+            f"{folder} is missing: this run folder has no trained adapter (and no merged model, "
+            "which `seer export` writes); train the run again"
+        )
+    weights = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
+    if not (folder / "adapter_config.json").is_file() or not any(w.is_file() for w in weights):
+        raise SeerError(
+            f"{folder} is incomplete (it needs adapter_config.json and "
+            "adapter_model.safetensors); train the run again"
+        )
+
+
+def load_run_model(
+    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+):
+    """A run folder (base model + adapter) or an export (a merged model folder):
+    ``(run, model, tokenizer)``."""
+    path = Path(path)
+    if (path / "adapter").exists() or not (path / "config.json").is_file():
+        return load_trained(path, model=model, tokenizer=tokenizer, device=device)
+    from seer.core.models import load_model
+
+    run = read_run(path)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(str(path), device=device)
+    check_layer(run, model)
+    return run, model, tokenizer

@@ -17,21 +17,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from seer.core.represent import representations
+from seer.inference.readout import cosines, softmax_probabilities
 
 __all__ = ["calibrate", "fit_calibration", "softmax_probabilities"]
-
-
-def softmax_probabilities(cos: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.asarray(cos, dtype=np.float64) / temperature
-    logits -= logits.max(axis=-1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=-1, keepdims=True)
-
-
-def _cosines(X: np.ndarray, P: np.ndarray) -> np.ndarray:
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    P = P / np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-    return X @ P.T
 
 
 def calibrate(
@@ -47,7 +35,7 @@ def calibrate(
     ``fitted_on`` names the split ``X`` came from; it is stored with the values, and the
     accuracy and NLL of the fit are keyed by it (``calibration_accuracy``, ...).
     """
-    cos = _cosines(np.asarray(X, np.float64), np.asarray(P, np.float64))
+    cos = cosines(np.asarray(X, np.float64), np.asarray(P, np.float64))
     index = {n: i for i, n in enumerate(names)}
     target = np.array([index[label] for label in labels])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from seer.core import strict_json
 from seer.core.represent import representations
 from seer.core.run import load_trained
 from seer.errors import SeerError
@@ -40,7 +40,12 @@ logger = logging.getLogger(__name__)
 
 
 def _scores(
-    train_x, y_train, test_x, y_test, prototypes: tuple[list[str], np.ndarray] | None, seed: int
+    train_x: np.ndarray,
+    y_train: list[str],
+    test_x: np.ndarray,
+    y_test: list[str],
+    prototypes: tuple[list[str], np.ndarray] | None,
+    seed: int,
 ) -> dict:
     names, protos = prototypes if prototypes is not None else compute_prototypes(train_x, y_train)
     out: dict[str, Any] = disentanglement(test_x, y_test, names, protos)
@@ -200,7 +205,7 @@ def evaluate(
     }
     out_dir = run.path / "eval"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(strict_json.dumps(metrics, indent=2), encoding="utf-8")
     if figures:
         _write_report(out_dir, metrics, reps, y["test"], layer)
     return metrics
@@ -234,7 +239,7 @@ def _faithfulness(
 
 
 def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], layer: int) -> None:
-    from seer.evaluation import report
+    from seer.evaluation import report  # deferred: matplotlib and t-SNE, only with figures
 
     figs = {"t-SNE of held-out representations, base vs SEER": "tsne.png"}
     report.tsne_figure(

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from seer.inference.readout import cosines, normalize_rows
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -24,8 +26,6 @@ __all__ = [
     "ot_separation",
     "layer_sweep",
 ]
-
-_EPS = 1e-12
 
 
 def _check_xy(X: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +41,8 @@ def _check_xy(X: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndar
 
 
 def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Return ``X`` with every row scaled to unit L2 norm (zero rows stay zero)."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=-1, keepdims=True)
-    return X / np.maximum(norms, _EPS)
+    """Return ``X`` with every row scaled to unit L2 norm (zero rows stay zero), float64."""
+    return normalize_rows(np.asarray(X, dtype=np.float64))
 
 
 def compute_prototypes(X: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -64,7 +62,7 @@ def compute_prototypes(X: np.ndarray, labels: Sequence[str]) -> tuple[list[str],
 
 def cosine_scores(X: np.ndarray, P: np.ndarray) -> np.ndarray:
     """Cosine similarity ``[n, k]`` between each row of ``X`` and each prototype row of ``P``."""
-    return l2_normalize(X) @ l2_normalize(P).T
+    return cosines(np.asarray(X, dtype=np.float64), np.asarray(P, dtype=np.float64))
 
 
 def _mean_offdiag(S: np.ndarray) -> float:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from seer.evaluation.figures import pyplot, save_figure
+
 __all__ = ["monitoring_figures", "monitoring_sections", "reliability_figure", "selective_figure"]
 
 _FIGURES = {
@@ -180,18 +182,9 @@ def monitoring_sections(metrics: Mapping) -> list[str]:
     return lines
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def reliability_figure(monitoring: Mapping, path: str | Path) -> Path:
     """Per-bin accuracy against mean confidence for the base and SEER readouts."""
-    plt = _pyplot()
+    plt = pyplot()
     models = [("base_readout", "base"), ("seer_readout", "SEER")]
     fig, axes = plt.subplots(1, len(models), figsize=(9, 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], models, strict=True):
@@ -208,12 +201,12 @@ def reliability_figure(monitoring: Mapping, path: str | Path) -> Path:
         ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize="small", loc="upper left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def selective_figure(monitoring: Mapping, path: str | Path) -> Path:
     """Accuracy against coverage (rows ranked by best cosine), with each ``none`` threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for key, label in (("base_readout", "base"), ("seer_readout", "SEER")):
         none = monitoring[key]["none"]
@@ -226,15 +219,7 @@ def selective_figure(monitoring: Mapping, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def monitoring_figures(metrics: Mapping, out_dir: Path) -> dict[str, str]:

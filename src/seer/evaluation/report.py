@@ -10,9 +10,11 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from seer.evaluation.figures import pyplot, save_figure
 from seer.evaluation.monitor_report import monitoring_sections
 
 logger = logging.getLogger(__name__)
@@ -30,24 +32,6 @@ REPORT_METRICS = (
     "ot.mean_ratio",
 )
 LOWER_IS_BETTER = {"davies_bouldin", "inter_cos"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    _pyplot().close(fig)
-    logger.info("wrote %s", path)
-    return path
 
 
 def _embed(X: np.ndarray, seed: int) -> np.ndarray:
@@ -76,7 +60,7 @@ def tsne_figure(
     titles: tuple[str, str] = ("base model", "after SEER"),
 ) -> Path:
     """Two t-SNE panels (before / after) coloured by concept with one shared legend."""
-    plt = _pyplot()
+    plt = pyplot()
     y = np.asarray([str(v) for v in labels], dtype=object)
     for name, X in (("before", before), ("after", after)):
         if np.asarray(X).ndim != 2 or len(X) != len(y):
@@ -104,7 +88,7 @@ def tsne_figure(
         markerscale=2,
     )
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(names) / 6), 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layer_sweep_figure(
@@ -119,7 +103,7 @@ def layer_sweep_figure(
     :func:`seer.evaluation.metrics.layer_sweep` (layer keys may be ints or, after a JSON round
     trip, strings).
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     if not sweep:
@@ -138,14 +122,14 @@ def layer_sweep_figure(
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_figure(
     confusion: Sequence[Sequence[int]], names: Sequence[str], path: str | Path, title: str
 ) -> Path:
     """Heat-map of a confusion matrix (rows true, columns predicted) with counts in cells."""
-    plt = _pyplot()
+    plt = pyplot()
     C = np.asarray(confusion, dtype=int)
     k = len(names)
     if C.shape != (k, k):
@@ -169,7 +153,7 @@ def confusion_figure(
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _fmt(value: object) -> str:
@@ -192,7 +176,7 @@ def _cell(text: str) -> str:
     return text.replace("\n", "<br>")
 
 
-def _lookup(d: Mapping, dotted: str) -> object:
+def _lookup(d: Mapping, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(d, Mapping) or part not in d:
             return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ __all__ = ["generations", "retention"]
 
 @torch.no_grad()
 def retention(
-    peft_model, tokenizer, texts: list[dict], batch_size: int = 8, max_length: int = 512
+    peft_model: Any, tokenizer: Any, texts: list[dict], batch_size: int = 8, max_length: int = 512
 ) -> dict:
     """Capability retention on general text: ``KL(base || seer)`` of next-token distributions
     (nats per real token) and the perplexity of each model on the responses."""

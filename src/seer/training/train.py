@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -12,24 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core.data import load_concepts, load_prompts, read_jsonl, split_three, write_jsonl
-from seer.core.formatting import warn_truncated
-from seer.core.layers import get_layers
-from seer.core.models import fingerprint, load_model
+from seer.core.folders import claim_output
+from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
 from seer.core.represent import representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
 from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
+from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
 from seer.training.config import TrainConfig
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
-from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
+from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
+from seer.training.trainer import SeerTrainer
 
-__all__ = ["default_layer", "train"]
+__all__ = ["build_trainer", "default_layer", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,36 +40,7 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def default_layer(n_layers: int) -> int:
-    """The middle block, ``ceil(n/2) - 1``: block 14 of SmolLM2's 30."""
-    return max(0, math.ceil(n_layers / 2) - 1)
-
-
-def _learning_rate(config: TrainConfig, model: torch.nn.Module) -> float:
-    if config.learning_rate is not None:
-        return config.learning_rate
-    n_params = sum(p.numel() for p in model.parameters())
-    return 1e-4 if n_params >= 1e9 else 3e-3
-
-
-def _lora_targets(model: torch.nn.Module, wanted: tuple[str, ...]) -> list[str]:
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear)
-    }
-    found = [t for t in wanted if t in names]
-    if not found:
-        raise SeerError(
-            f"none of the LoRA target modules {list(wanted)} exist in this model; its linear "
-            f"layers are named {sorted(names)}: pass --target-modules with some of those"
-        )
-    return found
-
-
-def _prepare_data(
-    config: TrainConfig, partial: Path, main: bool
-) -> tuple[list[dict], list[dict], list[dict]]:
+def _prepare_data(config: TrainConfig, partial: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """``(train, calibration, test)`` rows: read back on --resume, else split afresh."""
     split_dir = partial / "split"
     if config.resume and (split_dir / "calibration.jsonl").is_file():
@@ -94,7 +64,8 @@ def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -
     path = partial / "config.json"
     mine = {k: v for k, v in config.to_dict().items() if k not in ("resume", "overwrite")}
     if config.resume and path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        # read back as a TrainConfig: options added since the run was started take defaults
+        stored = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
         changed = [
             f"{k}={stored.get(k)} (now {mine[k]})" for k in sorted(mine) if stored.get(k) != mine[k]
         ]
@@ -107,6 +78,116 @@ def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -
         path.write_text(json.dumps(mine, indent=2), encoding="utf-8")
 
 
+def _start_folder(config: TrainConfig, partial: Path, rows: tuple[list, list, list]) -> None:
+    """Create (or, resuming, keep) the partial run folder with the config and the split."""
+    if config.overwrite and not config.resume and partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    _check_same_config(config, partial)
+    (partial / "split").mkdir(exist_ok=True)
+    for name, split in zip(SPLITS, rows, strict=True):
+        write_jsonl(partial / "split" / f"{name}.jsonl", split)
+
+
+def _retain_text(config: TrainConfig, model, tokenizer, base_fingerprint: str) -> list[dict]:
+    if config.retain_l2_weight <= 0:
+        return []
+    if config.retain_data:
+        return load_retain(config.retain_data)
+    return general_text(model, tokenizer, base_fingerprint)
+
+
+def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
+    """``trainer.train()``, resumed from the last complete checkpoint with ``--resume``."""
+    checkpoint = last_checkpoint(config.output) if config.resume else None  # complete ones only
+    resume_from = str(checkpoint) if checkpoint else None
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    logs_off_stdout(trainer)
+    with StopOnSignal() as stop:
+        trainer.add_callback(stop)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    if stop.stopped:
+        raise KeyboardInterrupt(
+            f"stopped at step {trainer.state.global_step} with a checkpoint in "
+            f"{partial / 'checkpoints'}: rerun the same command with --resume"
+        )
+    return result
+
+
+def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progress: bool):
+    """Prototypes from the training split (``rows[0]``); the temperature and the ``none``
+    threshold from the calibration split (``rows[1]``) only: the test split is never seen."""
+    train_reps = representations(
+        trainer.model,
+        tokenizer,
+        rows[0],
+        [trainer.layer],
+        config.positions,
+        max_length=config.max_length,
+        layers_path=config.layers_path,
+        progress="prototypes" if progress else False,
+    )[trainer.layer]
+    names, protos = compute_prototypes(train_reps, [r["concept"] for r in rows[0]])
+    calibration = fit_calibration(
+        trainer.model,
+        tokenizer,
+        rows[1],
+        names,
+        protos,
+        layer=trainer.layer,
+        positions=config.positions,
+        max_length=config.max_length,
+        layers_path=config.layers_path,
+        progress=progress,
+    )
+    return names, protos, calibration
+
+
+def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> None:
+    names, protos, calibration = readout
+    trainer.model.save_pretrained(str(partial / "adapter"))
+    clock: RunClock = info["clock"]
+    checkpoint = last_checkpoint(config.output) if config.resume else None
+    resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    train_loss = whole_run_loss(  # the whole run's, across --resume
+        trainer.state.log_history,
+        resumed_at,
+        trainer.state.global_step,
+        info["result"].training_loss,
+    )
+    log_history = [
+        {**e, "train_loss": train_loss, "seconds": round(clock.seconds, 1)}
+        if "train_loss" in e
+        else e
+        for e in trainer.state.log_history
+    ]
+    (partial / "train_log.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in log_history), encoding="utf-8"
+    )
+    meta = {
+        "config": config.to_dict(),
+        "base_model": config.model,
+        "base_fingerprint": info["fingerprint"],
+        "layer": trainer.layer,
+        "n_layers": info["n_layers"],
+        "positions": list(config.positions),
+        "concepts": names,
+        "learning_rate": trainer.args.learning_rate,
+        "calibration": calibration,
+        "train": {
+            "steps": trainer.state.global_step,
+            "examples": len(rows[0]),
+            "calibration": len(rows[1]),
+            "held_out": len(rows[2]),
+            "pairs": len(trainer.train_dataset),
+            "seconds": round(clock.seconds, 1),  # every process's, across --resume
+            "train_loss": train_loss,
+        },
+    }
+    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))
+
+
 def train(
     config: TrainConfig,
     *,
@@ -117,179 +198,72 @@ def train(
     """Train SEER as configured and write the run folder; returns its path.
 
     ``model``/``tokenizer`` may be passed in (e.g. a tiny test model) instead of loading
-    ``config.model``.
+    ``config.model``. The output folder is locked while it is written (one writer at a
+    time); a run that fails leaves no ``.partial`` unless it holds a checkpoint.
     """
+    refuse_fsdp()
+    clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
-    main = int(os.environ.get("RANK", "0")) == 0
-    if main:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(config, model, tokenizer, progress, clock, main=False)
+    with claim_output(
+        config.output,
+        config.overwrite,
+        keep_partial=lambda _: last_checkpoint(config.output) is not None,
+    ) as claim:
+        claim.partial_existed &= config.resume  # --overwrite discards an old one anyway
         check_output(config.output, config.overwrite, config.resume)
-    started = time.time()
-    partial = partial_dir(config.output)
+        try:
+            return _train(config, model, tokenizer, progress, clock, main=True)
+        finally:
+            clock.save()  # into DIR.partial, if the run stopped before its end
+
+
+def _train(
+    config: TrainConfig,
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    progress: bool,
+    clock: RunClock,
+    main: bool,
+) -> Path:
+    """The run itself, once the output folder is claimed (rank 0) or not (other ranks)."""
+    started, partial = time.time(), partial_dir(config.output)
     # Everything that can fail on bad input happens before anything is written.
-    train_rows, cal_rows, test_rows = _prepare_data(config, partial, main)
+    rows = _prepare_data(config, partial)
     if main:
         _check_same_config(config, partial, write=False)
     if model is None or tokenizer is None:
         model, tokenizer = load_model(config.model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    n_layers = len(get_layers(model, config.layers_path))
-    layer = default_layer(n_layers) if config.layer is None else config.layer
-    if not 0 <= layer < n_layers:
-        raise SeerError(f"--layer {layer} is out of range: this model has blocks 0..{n_layers - 1}")
+    ensure_pad_token(tokenizer)
+    _, n_layers = resolve_layer(config, model)
     if main:
-        if config.overwrite and not config.resume and partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        _check_same_config(config, partial)
-        (partial / "split").mkdir(exist_ok=True)
-        for name, rows in zip(SPLITS, (train_rows, cal_rows, test_rows), strict=True):
-            write_jsonl(partial / "split" / f"{name}.jsonl", rows)
+        _start_folder(config, partial, rows)
+    config.max_length = clamp_max_length(model, config.max_length)  # config.json keeps the asked
     base_fingerprint = fingerprint(model)
-    concepts = sorted({row["concept"] for row in train_rows})
     logger.info(
         "%d training, %d calibration and %d test examples, %d concepts",
-        len(train_rows),
-        len(cal_rows),
-        len(test_rows),
-        len(concepts),
+        len(rows[0]),
+        len(rows[1]),
+        len(rows[2]),
+        len({row["concept"] for row in rows[0]}),
     )
-
-    if config.retain_l2_weight > 0:
-        retain = (
-            load_retain(config.retain_data)
-            if config.retain_data
-            else general_text(model, tokenizer, base_fingerprint)
-        )
-    else:
-        retain = []
+    retain = _retain_text(config, model, tokenizer, base_fingerprint)
     if main:
         write_jsonl(partial / "retain.jsonl", retain)
-
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=_lora_targets(model, config.target_modules),
-        layers_to_transform=list(range(layer + 1)),
-        task_type="CAUSAL_LM",
+    output_dir = str(partial / "checkpoints")
+    trainer = build_trainer(
+        config, model, tokenizer, rows[0], retain, output_dir=output_dir, progress=progress
     )
-    peft_model = get_peft_model(model, lora)
-    if config.gradient_checkpointing:
-        peft_model.enable_input_require_grads()
-
-    pairs = build_pairs(
-        [r["concept"] for r in train_rows],
-        [bool(r.get("response")) and bool(r.get("prompt")) for r in train_rows],
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        balanced=config.objective == "supcon",
-        format_probs=config.format_probs,
-        n_retain=len(retain),
-        seed=config.seed,
-    )
-    warn_truncated(tokenizer, train_rows, config.max_length, "training examples")
-    dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
-    lr = _learning_rate(config, model)
-    args = TrainingArguments(
-        output_dir=str(partial / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=1,  # the schedule from build_pairs already spans config.epochs
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.checkpoint_every,
-        save_total_limit=1,
-        report_to="none",
-        seed=config.seed,
-        remove_unused_columns=False,
-        dataloader_drop_last=True,
-        disable_tqdm=not progress,
-        activation_checkpointing=config.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    trainer = SeerTrainer(
-        model=peft_model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=PairCollator(
-            tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
-        ),
-        processing_class=tokenizer,
-        seer_config=config,
-        layer=layer,
-    )
-    checkpoint = last_checkpoint(config.output) if config.resume else None  # complete ones only
-    resume_from = str(checkpoint) if checkpoint else None
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
-    with StopOnSignal() as stop:
-        trainer.add_callback(stop)
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    if stop.stopped:
-        raise KeyboardInterrupt(
-            f"stopped at step {trainer.state.global_step} with a checkpoint in "
-            f"{partial / 'checkpoints'}: rerun the same command with --resume"
-        )
-    peft_model.eval()
+    trainer.add_callback(clock)
+    result = _fit(trainer, config, partial)
+    trainer.model.eval()
     if not main:  # the main process writes the run folder
         _barrier()
         return Path(config.output)
-
-    # Prototypes from the training split.
-    reps_train = representations(
-        peft_model,
-        tokenizer,
-        train_rows,
-        [layer],
-        config.positions,
-        max_length=config.max_length,
-        layers_path=config.layers_path,
-        progress="prototypes" if progress else False,
-    )[layer]
-    names, protos = compute_prototypes(reps_train, [r["concept"] for r in train_rows])
-    # Temperature and `none` threshold from the calibration split only (issue 18, e-eval).
-    calibration = fit_calibration(
-        peft_model,
-        tokenizer,
-        cal_rows,
-        names,
-        protos,
-        layer=layer,
-        positions=config.positions,
-        max_length=config.max_length,
-        layers_path=config.layers_path,
-        progress=progress,
-    )
-
-    peft_model.save_pretrained(str(partial / "adapter"))
-    log_history = trainer.state.log_history
-    (partial / "train_log.jsonl").write_text(
-        "".join(json.dumps(e) + "\n" for e in log_history), encoding="utf-8"
-    )
-    meta = {
-        "config": config.to_dict(),
-        "base_model": config.model,
-        "base_fingerprint": base_fingerprint,
-        "layer": layer,
-        "n_layers": n_layers,
-        "positions": list(config.positions),
-        "concepts": names,
-        "learning_rate": lr,
-        "calibration": calibration,
-        "train": {
-            "steps": trainer.state.global_step,
-            "examples": len(train_rows),
-            "calibration": len(cal_rows),
-            "held_out": len(test_rows),
-            "pairs": len(pairs),
-            "seconds": round(time.time() - started, 1),
-            "train_loss": result.training_loss,
-        },
-    }
-    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)))
+    readout = _readout(trainer, config, tokenizer, rows, progress)
+    info = dict(fingerprint=base_fingerprint, n_layers=n_layers, result=result, clock=clock)
+    _write_run(trainer, config, partial, rows, readout, info)
     out = finalize(partial, config.output)
     _barrier()
     logger.info("run written to %s (%.0f s)", out, time.time() - started)

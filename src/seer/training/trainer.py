@@ -1,158 +1,48 @@
-"""SEER on top of ``transformers.Trainer``: a pair dataset, its collator, and ``compute_loss``.
+"""SEER on top of ``transformers.Trainer``: ``compute_loss``, and gradient caching.
 
 One training step, for B pairs (view1_i, view2_i) of the same concept and B retain texts:
 
 1. frozen model (adapter disabled, no grad): retain texts up to the target layer (every
    adapted layer's output kept for the l2 term), view 1 through the whole model (reference
-   next-token distributions for the KL term; skipped when ``kl_weight == 0``);
+   final hidden states for the KL term; skipped when ``kl_weight == 0``);
 2. adapted model: view 1 through the whole model, one pass giving both the contrastive
-   representation (hook at the target layer) and the KL logits (cut at the target layer
-   when ``kl_weight == 0``); then view 2 and the retain texts together, cut at the target
-   layer.
+   representation (hook at the target layer) and the final hidden states for the KL (cut at
+   the target layer when ``kl_weight == 0``); then view 2 and the retain texts together, cut
+   at the target layer;
+3. the KL through the LM head in chunks of tokens (``losses.chunked_next_token_kl``): no
+   ``[tokens, vocab]`` tensor is ever whole.
 
-Padding is to each batch's longest text, never to a fixed length.
+With ``micro_batch_size`` below the batch, the step is done by gradient caching
+(:meth:`SeerTrainer._cached_step`). Padding is to each batch's longest text.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
-from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import Trainer
 
 from seer.core import losses
-from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
 from seer.core.represent import gather_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
+from seer.training.gradcache import micro_batches, rng_state, set_rng_state
+from seer.training.pairs import PairCollator, PairDataset, build_pairs
 
-__all__ = ["PairCollator", "PairDataset", "SeerTrainer", "build_pairs", "gather_with_grad"]
-
-MODES = ("full", "prompt", "response")
-
-
-def build_pairs(
-    concepts: Sequence[str],
-    has_response: Sequence[bool],
-    *,
-    epochs: float,
-    batch_size: int,
-    balanced: bool,
-    format_probs: Sequence[float],
-    n_retain: int,
-    seed: int,
-) -> list[dict]:
-    """The whole training schedule, drawn up front so that it is seeded and resumable.
-
-    Each example is view 1 once per epoch; its view 2 is another example of the same concept.
-    ``balanced`` orders each epoch round-robin over concepts (in a random concept order each
-    round), so that every batch holds as equal a mix of concepts as the data allows.
-    """
-    rng = random.Random(seed)
-    by_concept: dict[str, list[int]] = defaultdict(list)
-    for i, concept in enumerate(concepts):
-        by_concept[concept].append(i)
-    names = sorted(by_concept)
-    concept_id = {name: k for k, name in enumerate(names)}
-    order: list[int] = []
-    for _ in range(math.ceil(epochs)):
-        if balanced:
-            queues = {c: rng.sample(ix, len(ix)) for c, ix in by_concept.items()}
-            while any(queues.values()):
-                for c in rng.sample(names, len(names)):
-                    if queues[c]:
-                        order.append(queues[c].pop())
-        else:
-            order.extend(rng.sample(range(len(concepts)), len(concepts)))
-    total = max(batch_size, int(round(epochs * len(concepts))) // batch_size * batch_size)
-    order = (order * (1 + total // max(1, len(order))))[:total]
-
-    def mode(i: int) -> str:
-        return rng.choices(MODES, weights=format_probs)[0] if has_response[i] else "prompt"
-
-    pairs = []
-    for step, i in enumerate(order):
-        others = [j for j in by_concept[concepts[i]] if j != i]
-        pairs.append(
-            {
-                "view1": i,
-                "view2": rng.choice(others),
-                "mode1": mode(i),
-                "mode2": None,  # drawn below, after view2 is known
-                "concept": concept_id[concepts[i]],
-                "retain": step % n_retain if n_retain else -1,
-            }
-        )
-        pairs[-1]["mode2"] = mode(pairs[-1]["view2"])
-    return pairs
-
-
-class PairDataset(Dataset):
-    """Items of the schedule from :func:`build_pairs`, tokenised on first use."""
-
-    def __init__(
-        self,
-        examples: Sequence[dict],
-        retain: Sequence[dict],
-        pairs: list[dict],
-        tokenizer: PreTrainedTokenizerBase,
-        max_length: int,
-    ) -> None:
-        self.examples, self.retain, self.pairs = examples, retain, pairs
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self._cache: dict[tuple[str, int, str], Encoded] = {}
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def _encode(self, kind: str, index: int, mode: str) -> Encoded:
-        key = (kind, index, mode)
-        if key not in self._cache:
-            ex = (self.examples if kind == "concept" else self.retain)[index]
-            self._cache[key] = encode(
-                self.tokenizer, ex.get("prompt"), ex.get("response"), mode, self.max_length
-            )
-        return self._cache[key]
-
-    def __getitem__(self, i: int) -> dict:
-        p = self.pairs[i]
-        return {
-            "view1": self._encode("concept", p["view1"], p["mode1"]),
-            "view2": self._encode("concept", p["view2"], p["mode2"]),
-            "concept": p["concept"],
-            "retain": self._encode("retain", p["retain"], "full") if p["retain"] >= 0 else None,
-        }
-
-
-class PairCollator:
-    def __init__(
-        self, pad_token_id: int, positions: tuple[str, ...], pad_to_multiple_of: int | None = None
-    ):
-        self.pad_token_id, self.positions, self.multiple = (
-            pad_token_id,
-            positions,
-            pad_to_multiple_of,
-        )
-
-    def __call__(self, items: list[dict]) -> dict:
-        def pad(encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-            return pad_batch(encoded, self.positions, self.pad_token_id, self.multiple)
-
-        batch = {
-            "view1": pad([it["view1"] for it in items]),
-            "view2": pad([it["view2"] for it in items]),
-            "concepts": torch.tensor([it["concept"] for it in items], dtype=torch.long),
-        }
-        if items[0]["retain"] is not None:
-            batch["retain"] = pad([it["retain"] for it in items])
-        return batch
+__all__ = [
+    "PairCollator",
+    "PairDataset",
+    "SeerTrainer",
+    "build_pairs",
+    "gather_with_grad",
+    "micro_batches",
+]
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -183,11 +73,16 @@ def _concat(
 
 
 class SeerTrainer(Trainer):
-    """``Trainer`` with SEER's loss. Overrides only ``compute_loss``, ``log`` and the sampler."""
+    """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
+    caching, the DDP gradient average), ``log`` and the sampler."""
 
     def __init__(self, *args, seer_config: TrainConfig, layer: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
+        self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
+        self.model_accepts_loss_kwargs = False  # compute_loss does not use num_items_in_batch
+        # set by Trainer.train() for each update; also a step run outside it (the benches)
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
@@ -198,8 +93,8 @@ class SeerTrainer(Trainer):
         self, model: nn.Module, batch: dict[str, torch.Tensor], layers: list[int], full: bool
     ):
         """Run ``model`` (a PeftModel) on a batch; record ``layers``. With ``full`` also return
-        next-token logits at the real tokens only ``[n_real, V]`` (the LM head never sees
-        padding); otherwise stop after the deepest recorded layer."""
+        the final hidden states (after the final norm) at the real tokens only ``[n_real, H]``,
+        for the chunked KL; otherwise stop after the deepest recorded layer."""
         cfg = self.seer_config
         hf = model.get_base_model()
         decoder = hf.get_decoder() if full else hf
@@ -214,64 +109,93 @@ class SeerTrainer(Trainer):
             )
         if not full:
             return dict(hidden), None
-        logits = hf.get_output_embeddings()(out.last_hidden_state[batch["attention_mask"].bool()])
+        return dict(hidden), out.last_hidden_state[batch["attention_mask"].bool()]
+
+    def _kl(self, model: nn.Module, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        hf = model.get_base_model()
+        head = hf.get_output_embeddings()
         cap = getattr(hf.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return dict(hidden), logits
+        return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        # compute_loss runs several partial passes on the unwrapped model, which DDP's reducer
-        # cannot follow, so gradients are averaged across processes here instead.
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            for param in model.parameters():
-                if param.requires_grad and param.grad is not None:
-                    dist.all_reduce(param.grad)
-                    param.grad /= world
-        return loss
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        cfg, layer = self.seer_config, self.layer
-        v1, v2, retain = inputs["view1"], inputs["view2"], inputs.get("retain")
-        use_kl, use_l2 = cfg.kl_weight > 0, cfg.retain_l2_weight > 0 and retain is not None
-        adapted_layers = list(range(layer + 1))
-        peft_model = self.accelerator.unwrap_model(model)
-        ref_hidden, ref_logits = {}, None
-        with torch.no_grad(), peft_model.disable_adapter():
-            if use_l2:
-                ref_hidden, _ = self._forward(peft_model, retain, adapted_layers, full=False)
-            if use_kl:
-                _, ref_logits = self._forward(peft_model, v1, [layer], full=True)
-        h1, logits = self._forward(peft_model, v1, [layer], full=use_kl)
-        rest = _concat(v2, retain, self.processing_class.pad_token_id) if use_l2 else v2
-        h_rest, _ = self._forward(
-            peft_model, rest, adapted_layers if use_l2 else [layer], full=False
+    def _representations(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, ...]:
+        """``z1, z2`` of a batch: the adapted passes of :meth:`_terms`, cut at the target layer
+        (the first stage of gradient caching)."""
+        layer, v1, v2 = self.layer, batch["view1"], batch["view2"]
+        h1, _ = self._forward(model, v1, [layer], full=False)
+        h2, _ = self._forward(model, v2, [layer], full=False)
+        return gather_positions(h1[layer], v1["positions"]), gather_positions(
+            h2[layer], v2["positions"]
         )
+
+    def _terms(
+        self,
+        model: nn.Module,
+        batch: dict,
+        *,
+        counts: tuple[int, int] | None = None,
+        rng: tuple | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The passes of one batch: ``z1, z2``, the weighted retain loss and its parts.
+
+        ``counts`` (real retain tokens, real view-1 tokens of the whole batch) marks a micro-batch
+        of gradient caching: its parts are scaled by its share of the batch's tokens, so that
+        they sum to the whole batch's, view 2 and the retain texts get separate passes, and
+        ``rng`` restores the random state of :meth:`_representations` (same LoRA dropout).
+        """
+        cfg, layer = self.seer_config, self.layer
+        v1, v2, retain = batch["view1"], batch["view2"], batch.get("retain")
+        use_kl, use_l2 = cfg.kl_weight > 0, cfg.retain_l2_weight > 0 and retain is not None
+        adapted = list(range(layer + 1))
+        ref_hidden, ref_final = {}, None
+        with torch.no_grad(), model.disable_adapter():
+            if use_l2:
+                ref_hidden, _ = self._forward(model, retain, adapted, full=False)
+            if use_kl:
+                _, ref_final = self._forward(model, v1, [layer], full=True)
+        if rng is not None:
+            set_rng_state(rng)
+        h1, final = self._forward(model, v1, [layer], full=use_kl)
         n = v2["input_ids"].shape[0]
-        z1 = gather_positions(h1[layer], v1["positions"])
-        z2 = gather_positions(h_rest[layer][:n], v2["positions"])
-        labels = inputs["concepts"]
-        if cfg.gather_across_processes:
-            z1, z2, labels = gather_with_grad(z1), gather_with_grad(z2), gather_with_grad(labels)
-        if cfg.objective == "paper":
-            contrastive = losses.info_nce(z1, z2, cfg.temperature)
+        if use_l2 and counts is None:  # view 2 and the retain texts in one pass
+            rest, _ = self._forward(
+                model, _concat(v2, retain, self.processing_class.pad_token_id), adapted, False
+            )
+            h2 = rest[layer][:n]
+            mine = [rest[i][n:, : retain["input_ids"].shape[1]] for i in adapted]
         else:
-            contrastive = losses.supcon(
-                torch.cat([z1, z2]), torch.cat([labels, labels]), cfg.temperature
-            )
-        parts = {"contrastive": contrastive}
-        loss = cfg.contrastive_weight * contrastive
+            h2 = self._forward(model, v2, [layer], full=False)[0][layer]
+            if use_l2:
+                h_retain, _ = self._forward(model, retain, adapted, full=False)
+                mine = [h_retain[i] for i in adapted]
+        z1, z2 = gather_positions(h1[layer], v1["positions"]), gather_positions(h2, v2["positions"])
+        parts: dict[str, torch.Tensor] = {}
+        retain_loss = z1.new_zeros(())
         if use_l2:
-            mine = [h_rest[i][n:, : retain["input_ids"].shape[1]] for i in adapted_layers]
-            parts["retain_l2"] = losses.retain_l2(
-                mine, [ref_hidden[i] for i in adapted_layers], retain["attention_mask"]
-            )
-            loss = loss + cfg.retain_l2_weight * parts["retain_l2"]
+            share = 1.0 if counts is None else int(retain["attention_mask"].sum()) / counts[0]
+            refs = [ref_hidden[i] for i in adapted]
+            parts["retain_l2"] = share * losses.retain_l2(mine, refs, retain["attention_mask"])
+            retain_loss = retain_loss + cfg.retain_l2_weight * parts["retain_l2"]
         if use_kl:
-            parts["kl"] = losses.next_token_kl(ref_logits, logits)
-            loss = loss + cfg.kl_weight * parts["kl"]
+            share = 1.0 if counts is None else final.shape[0] / counts[1]
+            parts["kl"] = share * self._kl(model, final, ref_final)
+            retain_loss = retain_loss + cfg.kl_weight * parts["kl"]
+        return z1, z2, retain_loss, parts
+
+    def _contrastive(self, z1: torch.Tensor, z2: torch.Tensor, concepts: torch.Tensor) -> tuple:
+        """The contrastive loss over the batch of every process; also returns what it saw."""
+        cfg = self.seer_config
+        if cfg.gather_across_processes:
+            z1, z2, concepts = (
+                gather_with_grad(z1),
+                gather_with_grad(z2),
+                gather_with_grad(concepts),
+            )
+        if cfg.objective == "paper":
+            return losses.info_nce(z1, z2, cfg.temperature), z1, z2, concepts
+        both = torch.cat([concepts, concepts])
+        return losses.supcon(torch.cat([z1, z2]), both, cfg.temperature), z1, z2, concepts
+
+    def _record(self, parts: dict[str, torch.Tensor], z1, z2, concepts) -> None:
         for name, value in parts.items():
             if not torch.isfinite(value):
                 raise SeerError(
@@ -280,9 +204,90 @@ class SeerTrainer(Trainer):
                     "checkpoint is kept."
                 )
             self._metrics[name].append(value.item())
-        same, diff = losses.concept_cosines(torch.cat([z1, z2]), torch.cat([labels, labels]))
+        both = torch.cat([concepts, concepts])
+        same, diff = losses.concept_cosines(torch.cat([z1, z2]).detach(), both)
         self._metrics["same_concept_cos"].append(same)
         self._metrics["diff_concept_cos"].append(diff)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        micro = self.seer_config.micro_batch_size
+        try:
+            if micro and micro < len(inputs["concepts"]):
+                loss = self._cached_step(model, inputs)
+            else:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise SeerError(
+                f"the device ran out of memory in a training step; {self.memory_note}"
+            ) from exc
+        # compute_loss runs several partial passes on the unwrapped model, which DDP's reducer
+        # cannot follow, so gradients are averaged across processes here instead.
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            for param in model.parameters():
+                if param.requires_grad and param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= world
+        return loss
+
+    def _cached_step(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """Gradient caching (Gao et al., 2021): a contrastive batch larger than memory allows.
+
+        1. every micro-batch's ``z1, z2`` without grad (its random state kept);
+        2. the contrastive loss over all of them, and its gradient with respect to each ``z``;
+        3. each micro-batch again with grad, back-propagating ``z . grad_z`` plus its retain
+           terms (per-token means, weighted by the micro-batch's share of the batch's tokens).
+        The parameter gradients equal those of the whole batch done at once.
+        """
+        cfg = self.seer_config
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        peft_model = self.accelerator.unwrap_model(model)
+        chunks = micro_batches(inputs, cfg.micro_batch_size)
+        states, reps = [], []
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for chunk in chunks:
+                states.append(rng_state())
+                reps.append(self._representations(peft_model, chunk))
+        z1 = torch.cat([r[0] for r in reps]).requires_grad_(True)
+        z2 = torch.cat([r[1] for r in reps]).requires_grad_(True)
+        with self.compute_loss_context_manager():
+            labels = torch.cat([chunk["concepts"] for chunk in chunks])  # the rows' new order
+            contrastive, g1, g2, concepts = self._contrastive(z1, z2, labels)
+        grad1, grad2 = torch.autograd.grad(cfg.contrastive_weight * contrastive, [z1, z2])
+        counts = (
+            int(inputs["retain"]["attention_mask"].sum()) if "retain" in inputs else 0,
+            int(inputs["view1"]["attention_mask"].sum()),
+        )
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        totals: dict[str, torch.Tensor] = {}
+        start = 0
+        for chunk, state in zip(chunks, states, strict=True):
+            rows = slice(start, start + len(chunk["concepts"]))
+            start = rows.stop
+            with self.compute_loss_context_manager():
+                c1, c2, retain_loss, parts = self._terms(
+                    peft_model, chunk, counts=counts, rng=state
+                )
+                surrogate = (c1 * grad1[rows]).sum() + (c2 * grad2[rows]).sum() + retain_loss
+            self.accelerator.backward(scale * surrogate)
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value.detach()
+        weights = {"retain_l2": cfg.retain_l2_weight, "kl": cfg.kl_weight}
+        loss = cfg.contrastive_weight * contrastive.detach()
+        for name, value in totals.items():
+            loss = loss + weights[name] * value
+        self._record(
+            {"contrastive": contrastive.detach(), **totals}, g1.detach(), g2.detach(), concepts
+        )
+        return scale * loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        peft_model = self.accelerator.unwrap_model(model)
+        z1, z2, retain_loss, parts = self._terms(peft_model, inputs)
+        contrastive, z1, z2, concepts = self._contrastive(z1, z2, inputs["concepts"])
+        loss = self.seer_config.contrastive_weight * contrastive + retain_loss
+        self._record({"contrastive": contrastive, **parts}, z1, z2, concepts)
         return (loss, {"z1": z1, "z2": z2}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

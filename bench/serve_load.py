@@ -1,0 +1,198 @@
+"""Load on ``seer serve``: K concurrent streaming clients (loopback only, a bounded number of
+requests each) against the embedded model, next to plain batched ``model.generate`` on the
+same prompts in the same process.
+
+Per K it prints the aggregate generated tokens/s, the p50/p95 time to first token (request
+sent -> first generated token's chunk) and p50/p95 per-token latency (gaps between a
+stream's token chunks); and plain ``generate_batches`` at batch K over the same prompts and
+reply length. The closing lines are the issue's two goals: explained serving at K=8 over
+plain batched generation at batch 8 (goal >= 0.9), and K=8 over K=1 (goal >= 3).
+
+    python bench/serve_load.py --run runs/serve-bench   # trains that small run first if absent
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from seer.cli import main as seer_main
+from seer.inference.explainer import Explainer
+from seer.inference.generation import generate_batches
+from seer.inference.serve.app import create_app
+from seer.inference.serve.server import running
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default="runs/serve-bench", help="run folder on the embedded model")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
+    p.add_argument("--max-tokens", type=int, default=48, help="reply length (EOS may end it early)")
+    p.add_argument("--data-dir", default="../shared/data", help="the shared data folder")
+    return p.parse_args(argv)
+
+
+def train_small_run(out: Path, data: Path) -> None:
+    """A few steps of SEER on the embedded model: enough for a real readout to serve."""
+    retain = out.parent / f"{out.name}-retain.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pairs = [("Name a fruit.", "An apple."), ("What is 2+2?", "4."), ("Say hello.", "Hello!")]
+    retain.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs))
+    code = seer_main(
+        [
+            "--quiet",
+            "train",
+            "--model",
+            "embedded",
+            "--data",
+            str(data / "beavertails_multiclass.csv"),
+            "--concept-column",
+            "value",
+            "--max-per-concept",
+            "6",
+            "--test-fraction",
+            "0.34",
+            "--epochs",
+            "0.5",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "128",
+            "--retain-data",
+            str(retain),
+            "--output",
+            str(out),
+        ]
+    )
+    if code != 0:
+        raise SystemExit(f"training {out} failed")
+
+
+def prompts(n: int, data: Path) -> list[str]:
+    with open(data / "xstest_v2_prompts.csv", newline="", encoding="utf-8") as f:
+        rows = [r["prompt"] for r in csv.DictReader(f)]
+    return [rows[(7 * i) % len(rows)] for i in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def stream_one(url: str, prompt: str, max_tokens: int, out: dict) -> None:
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    sent = time.perf_counter()
+    times = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            readout = chunk.get("seer", {}).get("readout")
+            if readout is not None and readout["index"] >= 0:
+                times.append(time.perf_counter())
+    out["ttft"] = times[0] - sent if times else float("nan")
+    out["gaps"] = [b - a for a, b in zip(times, times[1:], strict=False)]
+    out["tokens"] = len(times)
+
+
+def load(url: str, k: int, texts: list[str], requests: int, max_tokens: int) -> dict:
+    results: list[dict] = []
+
+    def client(i: int) -> None:
+        for r in range(requests):
+            out: dict = {}
+            stream_one(url, texts[i * requests + r], max_tokens, out)
+            results.append(out)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(k)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    gaps = [g for r in results for g in r["gaps"]]
+    ttft = [r["ttft"] for r in results]
+    return {
+        "tok_s": tokens / wall,
+        "tokens": tokens,
+        "wall": wall,
+        "ttft50": pct(ttft, 0.5),
+        "ttft95": pct(ttft, 0.95),
+        "tpot50": pct(gaps, 0.5),
+        "tpot95": pct(gaps, 0.95),
+    }
+
+
+@torch.no_grad()
+def plain(explainer: Explainer, texts: list[str], k: int, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    tokens = 0
+    for _idx, rows in generate_batches(
+        explainer.model, explainer.tokenizer, texts, max_new_tokens=max_tokens, batch_size=k
+    ):
+        tokens += sum(len(r) for r in rows)
+    wall = time.perf_counter() - start
+    return {"tok_s": tokens / wall, "tokens": tokens, "wall": wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run = Path(args.run)
+    if not (run / "seer.json").is_file():
+        print(f"{run} not found: training a small run on the embedded model first")
+        train_small_run(run, Path(args.data_dir))
+    torch.manual_seed(0)
+    explainer = Explainer.from_run(run)
+    app = create_app(
+        explainer,
+        model_id=run.name,
+        max_batch_size=max(args.clients),
+        max_queue=max(args.clients) * 2,
+    )
+    rows = {}
+    with running(app) as url:
+        warm: dict = {}
+        stream_one(url, "Say hello.", 4, warm)
+        for k in args.clients:
+            texts = prompts(k * args.requests, Path(args.data_dir))
+            served = load(url, k, texts, args.requests, args.max_tokens)
+            base = plain(explainer, texts, k, args.max_tokens)  # same prompts, worker idle
+            rows[k] = (served, base)
+            print(
+                f"K={k:<3} serve {served['tok_s']:7.1f} tok/s ({served['tokens']} tokens, "
+                f"{served['wall']:.1f}s)  TTFT p50 {served['ttft50'] * 1e3:6.0f} ms p95 "
+                f"{served['ttft95'] * 1e3:6.0f} ms  per-token p50 {served['tpot50'] * 1e3:5.0f} ms "
+                f"p95 {served['tpot95'] * 1e3:5.0f} ms | plain generate batch {k}: "
+                f"{base['tok_s']:7.1f} tok/s ({base['tokens']} tokens) | ratio "
+                f"{served['tok_s'] / base['tok_s']:.2f}",
+                flush=True,
+            )
+    if 8 in rows:
+        served8, base8 = rows[8]
+        print(f"goal serve(K=8) / plain(batch 8) >= 0.9: {served8['tok_s'] / base8['tok_s']:.2f}")
+        if 1 in rows:
+            print(
+                f"goal serve(K=8) / serve(K=1) >= 3: {served8['tok_s'] / rows[1][0]['tok_s']:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

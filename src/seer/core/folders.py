@@ -1,0 +1,269 @@
+"""Every command that writes a folder (``seer train``, ``seer export``) writes it the same way.
+
+* **The overwrite rule.** An existing ``DIR`` is replaced only with ``--overwrite``, and only
+  when seer wrote it (a run or an export: it holds a ``seer.json``) or it is empty. Never a
+  folder the command is reading from, nor one of its ancestors.
+* **One writer at a time.** ``DIR.lock`` (next to ``DIR.partial``) is created atomically
+  (``O_EXCL``) and holds the writer's pid and host; while the writer lives it also holds an
+  ``flock`` on it. A lock whose process is gone is stale and is taken over, with a warning.
+* **Atomic results.** The folder is built under ``DIR.partial`` and renamed at the end. A run
+  that fails leaves nothing behind (its ``.partial`` is removed, unless it was already there
+  or holds a checkpoint); an interrupted or killed run keeps its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seer.errors import SeerError
+
+__all__ = [
+    "Claim",
+    "apply_umask",
+    "check_target",
+    "claim_output",
+    "lock_path",
+    "partial_path",
+    "replace_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+MARKER = "seer.json"
+
+
+def partial_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def lock_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".lock")
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_target(
+    output: str | Path, overwrite: bool, reading: Sequence[str | Path] = (), flag: str = "--output"
+) -> None:
+    """Refuse an ``output`` that must not be (re)written; writes nothing."""
+    output = Path(output)
+    targets = {output.resolve(), Path(os.path.abspath(output))}  # through links, and as written
+    for source in reading:
+        sources = {Path(source).resolve(), Path(os.path.abspath(source))}
+        if any(_within(s, t) for s in sources for t in targets):
+            raise SeerError(
+                f"{output} contains the run {source}, which this command reads; replacing it "
+                f"would destroy the run: choose a {flag} outside it"
+            )
+        if any(_within(t, s) for s in sources for t in targets):
+            raise SeerError(
+                f"{output} is inside the run {source}, which this command reads: choose a "
+                f"{flag} outside the run"
+            )
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise SeerError(f"{output} already exists; choose another {flag} or pass --overwrite")
+    if not output.is_dir() or output.is_symlink():
+        raise SeerError(
+            f"{output} exists and is not a folder; --overwrite replaces only folders seer "
+            f"wrote: choose another {flag}"
+        )
+    if not (output / MARKER).is_file() and any(output.iterdir()):
+        raise SeerError(
+            f"{output} exists and is not a seer run folder (no {MARKER}); --overwrite replaces "
+            f"only folders seer wrote (runs and exports): choose another {flag}"
+        )
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: dict) -> str:
+    pid, host = holder.get("pid", "?"), holder.get("host", "?")
+    started = holder.get("started")
+    when = time.strftime(" since %H:%M:%S", time.localtime(started)) if started else ""
+    return f"process {pid} on {host}{when}"
+
+
+def _take_stale(path: Path) -> bool:
+    """Remove ``path`` if its writer is gone; False if a live writer holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        holder = _read_lock(path)
+        same_host = holder.get("host") == socket.gethostname()
+        if same_host and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
+            return False
+        if not holder and time.time() - os.fstat(fd).st_mtime < 10:
+            return False  # being created this very moment
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                logger.warning(
+                    "took over the stale lock %s of %s, which is no longer running",
+                    path,
+                    _describe(holder) if holder else "a writer",
+                )
+        return True
+    finally:
+        os.close(fd)
+
+
+def _acquire(path: Path, output: Path) -> int:
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            if _take_stale(path):
+                continue
+            holder = _read_lock(path)
+            raise SeerError(
+                f"{output} is being written by {_describe(holder)} (lock {path}); wait for it to "
+                "finish or choose another output folder (if that process is gone, e.g. on another "
+                "machine, delete the lock file)"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.write(fd, json.dumps(holder).encode())
+        os.fsync(fd)
+        return fd
+    raise SeerError(f"could not take the lock {path}; remove it if no seer is writing {output}")
+
+
+@dataclass
+class Claim:
+    """The right to write ``output``: build it under ``partial``, then :func:`replace_folder`."""
+
+    output: Path
+    partial: Path
+    partial_existed: bool
+    created: list[Path] = field(default_factory=list)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    created = []
+    for parent in reversed(folder.parents):
+        if not parent.exists():
+            try:
+                parent.mkdir()
+            except FileExistsError:  # another writer made it a moment ago
+                continue
+            created.append(parent)
+    return created
+
+
+def _remove_parents(created: list[Path]) -> None:
+    for parent in reversed(created):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+@contextlib.contextmanager
+def claim_output(
+    output: str | Path,
+    overwrite: bool,
+    *,
+    reading: Sequence[str | Path] = (),
+    keep_partial: Callable[[Path], bool] | None = None,
+    flag: str = "--output",
+) -> Iterator[Claim]:
+    """Hold the lock on ``output`` for the block. ``check_target`` runs under the lock.
+
+    On an error (not an interrupt) a ``.partial`` this claim created is removed, unless
+    ``keep_partial(partial)`` says to keep it (e.g. it holds a resumable checkpoint).
+    """
+    output = Path(output)
+    check_target(output, overwrite, reading, flag)  # before any write
+    created = _make_parents(output)
+    lock = lock_path(output)
+    try:
+        fd = _acquire(lock, output)
+    except BaseException:
+        _remove_parents(created)
+        raise
+    partial = partial_path(output)
+    claim = Claim(output, partial, partial.exists(), created)
+    try:
+        check_target(output, overwrite, reading, flag)  # again: another writer may have finished
+        yield claim
+    except Exception:
+        keep = keep_partial is not None and keep_partial(partial)
+        if not claim.partial_existed and not keep and partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        if not claim.output.exists() and not claim.partial.exists():
+            _remove_parents(claim.created)  # only those still empty
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give what seer wrote the modes the user's umask asks for: some writers (safetensors,
+    ``tempfile``) create files 0600 and folders 0700 whatever the umask."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def replace_folder(partial: Path, output: str | Path) -> Path:
+    """Atomically move the finished ``partial`` to ``output``, replacing an old one; its
+    modes follow the user's umask."""
+    output = Path(output)
+    apply_umask(partial)
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output, old)
+        os.replace(partial, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, output)
+    return output

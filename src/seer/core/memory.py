@@ -1,0 +1,174 @@
+"""How much memory a SEER training step needs, estimated before training starts.
+
+The estimate counts what autograd keeps for backward, per token and per decoder block, for the
+passes of one step (see ``seer.training.trainer``): view 1 through the whole model (adapted
+blocks 0..layer, frozen blocks above, kept for the KL gradient), view 2 and the retain texts
+through blocks 0..layer, the frozen reference states of the retain texts, the chunked KL's
+working set and the LoRA weights with their gradients and AdamW moments. Frozen linear layers
+keep no input (their weights need no gradient); a LoRA layer keeps its dropped-out input.
+With gradient checkpointing a block keeps only its input, and one block's activations are
+rebuilt at a time in backward. ``bench/train_memory.py`` compares the estimate with the
+measured peak.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seer.core.losses import KL_CHUNK_ELEMENTS
+
+__all__ = ["Dims", "MemoryPlan", "Shape", "estimate_step", "free_memory", "padding_share"]
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+OVERHEAD = 1.15  # allocator fragmentation and short-lived copies, from the bench's measurements
+
+
+@dataclass(frozen=True)
+class Dims:
+    """What of a model sets the memory of a step."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    n_layers: int
+    vocab: int
+    dtype_bytes: int
+    eager_attention: bool
+    lora_modules: int  # adapted linear layers per block
+    lora_params: int  # trainable parameters
+
+    @classmethod
+    def of(cls, model: nn.Module, n_layers: int, lora_modules: int) -> Dims:
+        """Read the dims off a (PEFT-wrapped) Hugging Face model."""
+        config = model.config
+        hidden = getattr(config, "hidden_size", None) or config.n_embd
+        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+        inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+        attention = getattr(config, "_attn_implementation", "eager") or "eager"
+        param = next(p for p in model.parameters())
+        return cls(
+            hidden=hidden,
+            intermediate=inter or 4 * hidden,
+            heads=heads,
+            n_layers=n_layers,
+            vocab=model.get_output_embeddings().weight.shape[0],
+            dtype_bytes=param.element_size(),
+            eager_attention=attention == "eager",
+            lora_modules=lora_modules,
+            lora_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Rows and padded lengths of the passes of one forward (a batch or a micro-batch)."""
+
+    rows: int
+    view1: int
+    view2: int
+    retain: int  # 0: no retain texts
+
+
+def _per_token(d: Dims, lora: bool, length: int) -> float:
+    """Bytes kept for backward per token of one block (floats counted in units of H and I)."""
+    h, i = d.hidden, d.intermediate
+    floats = 11 * h + 3 * i  # norms, rotary q/k, attention in/out, the MLP's gate/up/product
+    if lora:  # the dropped-out inputs of the adapted linears (and their masks, 1 byte each)
+        floats += 1.25 * ((d.lora_modules - 1) * h + i)
+    if d.eager_attention:  # attention probabilities and their softmax, per head
+        floats += 2 * d.heads * length
+    return floats * d.dtype_bytes
+
+
+def _block_transient(d: Dims, tokens: int) -> float:
+    """One block's short-lived tensors in forward or backward (gradients of activations)."""
+    return 2 * tokens * (4 * d.hidden + 3 * d.intermediate) * d.dtype_bytes
+
+
+def estimate_step(
+    d: Dims, shape: Shape, *, layer: int, kl: bool, l2: bool, checkpointing: bool, cached: bool
+) -> int:
+    """Estimated peak bytes of a step on ``shape`` above the loaded model.
+
+    ``cached``: gradient caching, where view 2 and the retain texts run as separate passes.
+    """
+    adapted = layer + 1
+    t1, t2, tr = shape.rows * shape.view1, shape.rows * shape.view2, shape.rows * shape.retain
+    tr = tr if l2 else 0
+    rest = t2 + tr if cached else 2 * shape.rows * max(shape.view2, shape.retain if l2 else 0)
+    rest_len = max(shape.view2, shape.retain)
+    if checkpointing:  # block inputs only, plus one block rebuilt at a time
+        kept = d.hidden * d.dtype_bytes * (t1 * (d.n_layers if kl else adapted) + rest * adapted)
+        biggest = max(t1, rest) * _per_token(d, True, max(shape.view1, rest_len))
+        kept += biggest
+    else:
+        kept = t1 * adapted * _per_token(d, True, shape.view1)
+        if kl:
+            kept += t1 * (d.n_layers - adapted) * _per_token(d, False, shape.view1)
+        kept += rest * adapted * _per_token(d, True, rest_len)
+    reference = tr * adapted * d.hidden * d.dtype_bytes  # frozen retain states for the l2 term
+    kl_bytes = 0.0
+    if kl:  # final states of both sides, their gradient, and one chunk's [chunk, vocab] blocks
+        chunk = min(t1, max(1, KL_CHUNK_ELEMENTS // d.vocab)) * d.vocab
+        kl_bytes = 3 * t1 * d.hidden * d.dtype_bytes + 6 * chunk * 4
+    weights = 4 * d.lora_params * 4  # LoRA weights, gradients, AdamW's two moments (float32)
+    transient = _block_transient(d, max(t1, rest))
+    return int(OVERHEAD * (kept + reference + kl_bytes + transient) + weights)
+
+
+def padding_share(lengths: Sequence[Sequence[int]]) -> float:
+    """Share of padded tokens that are real: ``lengths`` holds each batch's text lengths."""
+    real = sum(sum(batch) for batch in lengths)
+    padded = sum(len(batch) * max(batch) for batch in lengths if batch)
+    return real / padded if padded else 1.0
+
+
+def free_memory(device: torch.device | str) -> int:
+    """Bytes free for a step: the GPU's free memory, or the machine's available memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What was decided for a run's memory, and why."""
+
+    estimate: int  # bytes of the largest step, with ``checkpointing`` as chosen
+    without_checkpointing: int
+    budget: int
+    budget_source: str  # "--memory-budget" or "free memory"
+    checkpointing: bool
+    forced: bool  # --gradient-checkpointing
+
+    def describe(self) -> str:
+        gc = "on (asked for)" if self.forced else ("on" if self.checkpointing else "off")
+        line = (
+            f"estimated peak of the largest step {gib(self.estimate)}, budget "
+            f"{gib(self.budget)} ({self.budget_source}), gradient checkpointing {gc}"
+        )
+        if self.checkpointing and not self.forced:
+            line += f" because the step would need {gib(self.without_checkpointing)} without it"
+        return line
+
+
+def gib(n: float) -> str:
+    """Bytes for people: GiB, or MiB below 1 GiB."""
+    if n == math.inf:
+        return "unbounded"
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"

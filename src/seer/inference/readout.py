@@ -1,0 +1,189 @@
+"""The readout: a representation compared with the run's concept prototypes.
+
+Prototypes -> cosines -> calibrated probabilities (``softmax(cos / T)``) -> ``none`` below the
+calibrated threshold; the position layout (``last``, ``user_end`` or both) and the steering
+direction. Pure tensor/numpy code with no model: used by training (prototypes, calibration),
+evaluation, the explainer, the generation engine and export.
+
+    readout = Readout.from_run(read_run("runs/bt"))
+    reading = readout.read(readout.vectors(user_end_state, last_states))
+    reading.top, readout.ranking(reading.cosines[0], reading.probabilities[0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seer.core.run import Run
+from seer.errors import SeerError
+
+__all__ = [
+    "NONE",
+    "Explanation",
+    "Reading",
+    "Readout",
+    "cosines",
+    "normalize_rows",
+    "softmax_probabilities",
+]
+
+NONE = "none"
+Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
+
+
+def normalize_rows(x: Rows) -> Rows:
+    """Every row scaled to unit L2 norm (zero rows stay zero): tensors in float32, arrays in
+    float64. The one row normalisation of seer's cosines."""
+    if isinstance(x, torch.Tensor):
+        return F.normalize(x.float(), dim=-1)
+    return F.normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), dim=-1).numpy()
+
+
+def cosines(x: Rows, prototypes: Rows) -> Rows:
+    """Cosine similarity ``[n, K]`` of each row of ``x`` ``[n, D]`` with each prototype."""
+    return normalize_rows(x) @ normalize_rows(prototypes).T
+
+
+def softmax_probabilities(cos: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated concept probabilities ``softmax(cos / temperature)`` (float64)."""
+    logits = np.asarray(cos, dtype=np.float64) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Explanation:
+    """What the model says it is processing. ``top`` is ``"none"`` when the representation
+    is less similar to every prototype than the run's calibrated threshold; ``ranking`` lists
+    every concept, most similar first. ``intervened_at`` is the number of generated tokens the
+    model had read when a monitor acted (0: at the end of the prompt), else ``None``."""
+
+    top: str
+    ranking: list[dict[str, float | str]]
+    reply: str | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    intervened_at: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reading:
+    """The readout of ``n`` representations: cosines and probabilities ``[n, K]`` (numpy, in
+    :attr:`Readout.concepts` order) and each row's top concept (or ``"none"``)."""
+
+    cosines: np.ndarray
+    probabilities: np.ndarray
+    top: list[str]
+
+
+class Readout:
+    """A run's prototypes and calibration: representations in, readings out."""
+
+    def __init__(
+        self,
+        concepts: Sequence[str],
+        prototypes: torch.Tensor,
+        positions: Sequence[str] = ("last",),
+        temperature: float = 0.05,
+        threshold: float = -1.0,
+    ) -> None:
+        self.concepts = list(concepts)
+        self.positions = tuple(positions)
+        self.prototypes = normalize_rows(prototypes)  # [K, D] float32, unit rows
+        self.temperature, self.threshold = float(temperature), float(threshold)
+        if self.prototypes.shape[0] != len(self.concepts):
+            raise SeerError(
+                f"{self.prototypes.shape[0]} prototypes for {len(self.concepts)} concepts: the "
+                "run's prototypes.safetensors does not match seer.json; train the run again"
+            )
+
+    @classmethod
+    def from_run(cls, run: Run) -> Readout:
+        calibration = run.calibration
+        return cls(
+            run.concepts,
+            run.prototypes,
+            run.positions,
+            float(calibration["temperature"]),
+            float(calibration["threshold"]),
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        """The target layer's hidden size (one position's block of a representation)."""
+        return self.prototypes.shape[1] // len(self.positions)
+
+    def index(self, concept: str) -> int:
+        if concept not in self.concepts:
+            raise SeerError(f"concept {concept!r} is not in this run; it has {self.concepts}")
+        return self.concepts.index(concept)
+
+    def vectors(self, user_end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Representations ``[n, D]``: 'last' := each row of ``tokens`` ``[n, H]``, 'user_end'
+        := ``user_end`` (``[H]`` or ``[n, H]``); each normalised, concatenated in the run's
+        position order and divided by ``sqrt(#positions)`` (unit norm, as in training)."""
+        parts = []
+        for name in self.positions:
+            h = user_end.expand_as(tokens) if name == "user_end" else tokens
+            parts.append(normalize_rows(h))
+        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
+
+    def read(self, vectors: torch.Tensor) -> Reading:
+        cos = cosines(vectors, self.prototypes.to(vectors.device)).cpu().numpy()
+        best = cos.argmax(axis=-1)
+        top = [
+            self.concepts[k] if c[k] >= self.threshold else NONE
+            for k, c in zip(best.tolist(), cos, strict=True)
+        ]
+        return Reading(cos, softmax_probabilities(cos, self.temperature), top)
+
+    def ranking(self, cos: np.ndarray, probs: np.ndarray) -> list[dict[str, float | str]]:
+        """Every concept with its cosine and probability, most similar first."""
+        order = np.argsort(-cos, kind="stable")
+        return [
+            {"concept": self.concepts[k], "cosine": float(cos[k]), "probability": float(probs[k])}
+            for k in order
+        ]
+
+    def explanation(
+        self,
+        cos: np.ndarray,
+        probs: np.ndarray,
+        reply: str | None = None,
+        trace: list | None = None,
+    ) -> Explanation:
+        """The :class:`Explanation` of one reading row."""
+        ranking = self.ranking(cos, probs)
+        top = str(ranking[0]["concept"]) if cos.max() >= self.threshold else NONE
+        return Explanation(top=top, ranking=ranking, reply=reply, trace=trace or [])
+
+    def trace_entry(self, token: str, cos: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """One :attr:`Explanation.trace` entry: the token, its top concept, the probabilities."""
+        k = int(np.argmax(cos))
+        rounded = [round(float(v), 4) for v in probs]
+        return {
+            "token": token,
+            "top": self.concepts[k] if cos[k] >= self.threshold else NONE,
+            "probabilities": dict(zip(self.concepts, rounded, strict=True)),
+        }
+
+    def direction(self, towards: str, away: str) -> torch.Tensor:
+        """The unit direction ``prototype[towards] - prototype[away]`` in the target layer's
+        hidden space (its 'last'-position block), e.g. for steering from unsafe to safe."""
+        i, j = self.index(towards), self.index(away)
+        if i == j:
+            raise SeerError(f"steering from {away!r} towards itself has no direction")
+        hidden = self.hidden_size
+        block = self.positions.index("last") if "last" in self.positions else 0
+        p = self.prototypes[:, block * hidden : (block + 1) * hidden]
+        d = p[i] - p[j]
+        return d / d.norm()

@@ -1,0 +1,263 @@
+"""The engine's inside: the rows of a running batch (:class:`Row`: tokens, monitor state,
+trace) and the passes over them (:class:`Step`): a left-padded prefill for new rows, one
+decode pass for running rows with the read hook at the target layer (readout, monitor,
+steering), and each finished row's final read through its own slice of the KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from seer.core.formatting import encode
+from seer.core.layers import add_to_layer, capture_layers, run_until
+from seer.inference.cache import KV, new_cache
+from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
+from seer.inference.events import RowEvent, RowResult
+from seer.inference.monitor import Monitor, MonitorState
+from seer.inference.readout import NONE, Reading
+
+if TYPE_CHECKING:
+    from seer.inference.explainer import Explainer
+
+__all__ = ["Row", "Step"]
+
+
+class Row:
+    """One prompt being generated: its tokens, monitor state, readouts and trace."""
+
+    def __init__(
+        self,
+        id: int,
+        prompt: str,
+        ids: list[int],
+        max_new_tokens: int,
+        monitor: Monitor | None,
+        explainer: Explainer,
+    ) -> None:
+        self.id, self.prompt, self.ids, self.max_new_tokens = id, prompt, ids, max_new_tokens
+        self.explainer, self.state = explainer, MonitorState(monitor)
+        self.concept = explainer.readout.index(monitor.concept) if monitor else None
+        self.tokens: list[int] = []
+        self.text = TextStream(explainer.tokenizer)
+        self.trace: list[dict[str, Any]] = []
+        self.user_end: torch.Tensor | None = None  # the target layer's state at the prompt's end
+        self.prompt_norm: torch.Tensor | None = None
+        self.steering: torch.Tensor | None = None
+        self.cancelled = False
+
+    def observe(self, probabilities: np.ndarray) -> None:
+        """The monitor's look at this pass; a steering monitor that fires switches on."""
+        if self.concept is None:
+            return
+        if self.state.observe(len(self.tokens), probabilities[self.concept]) and self.state.steers:
+            monitor = self.state.monitor
+            assert monitor is not None and self.prompt_norm is not None
+            if monitor.vector is not None:
+                self.steering = monitor.vector.float().to(self.prompt_norm.device)
+            else:
+                d = self.explainer.readout.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
+                self.steering = monitor.scale * self.prompt_norm * d.to(self.prompt_norm.device)
+
+    def event(self, reading: Reading, i: int, text: str = "", **end: Any) -> RowEvent:
+        """The event of the token this pass read (index -1: the prompt's end)."""
+        j = len(self.tokens) - 1
+        cos, probs = reading.cosines[i], reading.probabilities[i]
+        token = self.tokens[j] if j >= 0 else None
+        if token is not None:
+            name = self.explainer.tokenizer.decode([token])
+            self.trace.append(self.explainer.readout.trace_entry(name, cos, probs))
+        return RowEvent(
+            self.id, j, token, text, cos, probs, reading.top[i], self.state.status, **end
+        )
+
+    def finish(self, event: RowEvent, result: RowResult) -> None:
+        """Make ``event`` the row's last: its finish reason, result and final monitor status."""
+        event.finish_reason, event.result = result.finish_reason, result
+        event.monitor = self.state.status
+
+    def result(self, cos: np.ndarray, probs: np.ndarray, reply: str, reason: str) -> RowResult:
+        if self.concept is not None:
+            self.state.decide_at_end(len(self.tokens), probs[self.concept])
+        reply = self.state.reply(reply)
+        reason = "monitor" if self.state.stops else reason
+        explanation = self.explainer.readout.explanation(cos, probs, reply, list(self.trace))
+        explanation.intervened_at = self.state.fired_at
+        return RowResult(
+            reply,
+            list(self.tokens),
+            self.state.fired_at,
+            list(self.state.probabilities),
+            explanation,
+            reason,
+            self.state.final,
+        )
+
+    def cancel_unstarted(self) -> RowEvent:
+        """The only event of a row cancelled before its prompt was read."""
+        empty = np.zeros(0)
+        result = RowResult("", [], None, [], None, "cancelled")
+        return RowEvent(
+            self.id, -1, None, "", empty, empty, NONE, self.state.status, "cancelled", result
+        )
+
+
+class Step:
+    """The running rows (in cache order), their KV cache, and the passes over them."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer
+        self.model, self.tokenizer = explainer.model, explainer.tokenizer
+        self.greedy = Greedy(self.model)
+        self.rows: list[Row] = []
+        self.kv: KV | None = None
+        self._forward: list[Row] = []
+        self._reading: Reading | None = None
+        self._prefill = False
+
+    def _hook(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """At the target layer: read the newest position of every row, let its monitor look,
+        and return the steering to add (``None``: none of the rows is steered)."""
+        rows, newest = self._forward, hidden[:, -1].detach()
+        if self._prefill:
+            for i, row in enumerate(rows):
+                row.user_end = newest[i]
+                row.prompt_norm = hidden[i, -len(row.ids) :].detach().float().norm(dim=-1).mean()
+        readout = self.explainer.readout
+        user_end = torch.stack([r.user_end for r in rows])  # type: ignore[misc]
+        self._reading = readout.read(readout.vectors(user_end, newest))
+        for i, row in enumerate(rows):
+            row.observe(self._reading.probabilities[i])
+        if all(r.steering is None for r in rows):
+            return None
+        delta = hidden.new_zeros(len(rows), 1, hidden.shape[-1], dtype=torch.float32)
+        for i, row in enumerate(rows):
+            if row.steering is not None:
+                delta[i, 0] = row.steering
+        return delta
+
+    def _pass(self, rows: list[Row], prefill: bool, **inputs: Any) -> Reading:
+        self._forward, self._prefill = rows, prefill
+        ex = self.explainer
+        with add_to_layer(self.model, ex.layer, self._hook, layers_path=ex.layers_path):
+            out = forward(self.model, **inputs)
+        self._next = self.greedy(out.logits)
+        assert self._reading is not None
+        return self._reading
+
+    def prefill(self, rows: list[Row]) -> list[RowEvent]:
+        device = self.explainer.device
+        batch = left_pad([r.ids for r in rows], self.tokenizer.pad_token_id)
+        mask = batch["attention_mask"].to(device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = new_cache()
+        reading = self._pass(
+            rows,
+            True,
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+        )
+        kv = KV(cache, mask)
+        events, keep = self._advance(rows, reading, kv)
+        kept = kv.keep(keep)
+        self.kv = kept if self.kv is None or not self.rows else self.kv.join(kept)
+        self.rows += [rows[i] for i in keep]
+        return events
+
+    def decode(self) -> list[RowEvent]:
+        if not self.rows or self.kv is None:
+            return []
+        device, kv = self.explainer.device, self.kv
+        pending = torch.tensor([[r.tokens[-1]] for r in self.rows], device=device)
+        positions = torch.tensor(
+            [[len(r.ids) + len(r.tokens) - 1] for r in self.rows], device=device
+        )
+        reading = self._pass(
+            self.rows,
+            False,
+            input_ids=pending,
+            attention_mask=kv.grow(),
+            position_ids=positions,
+            cache=kv.cache,
+        )
+        events, keep = self._advance(self.rows, reading, kv)
+        self.kv, self.rows = kv.keep(keep), [self.rows[i] for i in keep]
+        return events
+
+    def cancel(self) -> list[RowEvent]:
+        """Final reads of the running rows cancelled since the last step."""
+        if self.kv is None or not any(r.cancelled for r in self.rows):
+            return []
+        events = [
+            self._final(r, self.kv.row(i), "cancelled")
+            for i, r in enumerate(self.rows)
+            if r.cancelled
+        ]
+        keep = [i for i, r in enumerate(self.rows) if not r.cancelled]
+        self.kv, self.rows = self.kv.keep(keep), [self.rows[i] for i in keep]
+        return events
+
+    def _advance(
+        self, rows: list[Row], reading: Reading, kv: KV
+    ) -> tuple[list[RowEvent], list[int]]:
+        """After a pass: each row's event, its next token, and the rows that go on."""
+        events, keep = [], []
+        for i, row in enumerate(rows):
+            text = row.text.push(row.tokens[-1]) if row.tokens else ""
+            events.append(row.event(reading, i, text))
+            if row.state.stops:  # a stop monitor fired at this pass: the row ends here
+                cos, probs = reading.cosines[i], reading.probabilities[i]
+                row.finish(events[-1], row.result(cos, probs, "", "monitor"))
+                continue
+            token = self._next[i]
+            row.tokens.append(token)
+            if token in self.greedy.eos:
+                events.append(self._final(row, kv.row(i), "stop"))
+            elif len(row.tokens) >= row.max_new_tokens:
+                events.append(self._final(row, kv.row(i), "length"))
+            else:
+                keep.append(i)
+        return events, keep
+
+    def _read(self, ids: list[int], kv: KV | None, start: int) -> torch.Tensor:
+        """The target layer's states ``[T, H]`` for ``ids`` after ``start`` cached tokens (no
+        later layer runs)."""
+        ex, device = self.explainer, self.explainer.device
+        n = len(ids)
+        inputs: dict[str, Any] = {
+            "input_ids": torch.tensor([ids], device=device),
+            "attention_mask": torch.ones(1, start + n, dtype=torch.long, device=device),
+            "position_ids": torch.arange(start, start + n, device=device)[None],
+        }
+        if kv is not None:
+            inputs[cache_kwarg(self.model)] = kv.cache
+            inputs["use_cache"] = True
+        else:
+            inputs["use_cache"] = False
+        with capture_layers(
+            self.model, [ex.layer], stop_after=True, layers_path=ex.layers_path
+        ) as h:
+            run_until(self.model, **inputs)
+            return h[ex.layer][0].detach()
+
+    def _final(self, row: Row, kv: KV, reason: str) -> RowEvent:
+        """The row's last event: its last token read with the chat template's closing tokens
+        through the row's cache (a full pass where the reply re-tokenises differently)."""
+        reply = self.tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+        target = encode(self.tokenizer, row.prompt, reply or None, "full", 10**9).input_ids
+        cached = len(row.ids) + len(row.tokens) - 1
+        if target[: cached + 1] == row.ids + row.tokens:
+            hidden = self._read(target[cached:], kv, cached)
+            token_state, last = hidden[0], hidden[-1]
+        else:
+            token_state = last = self._read(target, None, 0)[-1]
+        readout = self.explainer.readout
+        reading = readout.read(readout.vectors(row.user_end, torch.stack([token_state, last])))  # type: ignore[arg-type]
+        text = row.text.push(row.tokens[-1]) + row.text.flush()
+        event = row.event(reading, 0, text)
+        row.finish(event, row.result(reading.cosines[1], reading.probabilities[1], reply, reason))
+        return event

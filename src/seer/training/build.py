@@ -1,0 +1,269 @@
+"""Assemble a :class:`SeerTrainer` from a config: layer, LoRA, schedule, memory plan, arguments.
+
+``build_trainer`` is what ``seer.training.train.train`` and ``bench/train_step.py`` both use, so
+that the bench times the step that ``seer train`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+
+from seer.core.formatting import warn_truncated
+from seer.core.layers import get_layers
+from seer.core.memory import (
+    GIB,
+    Dims,
+    MemoryPlan,
+    Shape,
+    estimate_step,
+    free_memory,
+    gib,
+    padding_share,
+)
+from seer.errors import SeerError
+from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
+from seer.training.pairs import PairCollator, PairDataset, build_pairs
+from seer.training.trainer import SeerTrainer
+
+__all__ = ["build_trainer", "default_layer", "learning_rate", "lora_targets", "plan_memory"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_layer(n_layers: int) -> int:
+    """The middle block, ``ceil(n/2) - 1``: block 14 of SmolLM2's 30."""
+    return max(0, math.ceil(n_layers / 2) - 1)
+
+
+def learning_rate(config: TrainConfig, model: torch.nn.Module) -> float:
+    if config.learning_rate is not None:
+        return config.learning_rate
+    n_params = sum(p.numel() for p in model.parameters())
+    return 1e-4 if n_params >= 1e9 else 3e-3
+
+
+def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    }
+    found = [t for t in wanted if t in names]
+    if not found:
+        raise SeerError(
+            f"none of the LoRA target modules {list(wanted)} exist in this model; its linear "
+            f"layers are named {sorted(names)}: pass --target-modules with some of those"
+        )
+    unknown = [t for t in wanted if t not in names]
+    if unknown and tuple(wanted) != DEFAULT_TARGET_MODULES:  # the defaults fit models partly
+        raise SeerError(
+            f"--target-modules {unknown} match no module of this model; its linear layers are "
+            f"named {sorted(names)}: pass only those"
+        )
+    return found
+
+
+def resolve_layer(config: TrainConfig, model: torch.nn.Module) -> tuple[int, int]:
+    """The target block and the number of blocks; a bad ``--layer`` is a SeerError."""
+    n_layers = len(get_layers(model, config.layers_path))
+    layer = default_layer(n_layers) if config.layer is None else config.layer
+    if not 0 <= layer < n_layers:
+        raise SeerError(f"--layer {layer} is out of range: this model has blocks 0..{n_layers - 1}")
+    return layer, n_layers
+
+
+def _batch_lengths(dataset: PairDataset, batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Text lengths (view 1, view 2, retain) of every row of every batch of the schedule."""
+    out = []
+    for start in range(0, len(dataset) - batch_size + 1, batch_size):
+        rows = [dataset[i] for i in range(start, start + batch_size)]
+        out.append(
+            [
+                (
+                    len(r["view1"].input_ids),
+                    len(r["view2"].input_ids),
+                    len(r["retain"].input_ids) if r["retain"] is not None else 0,
+                )
+                for r in rows
+            ]
+        )
+    return out
+
+
+def plan_memory(
+    config: TrainConfig,
+    model: PeftModel,
+    dataset: PairDataset,
+    layer: int,
+    n_layers: int,
+    lora_modules: int,
+) -> MemoryPlan:
+    """Decide gradient checkpointing from the estimated peak of the schedule's largest step;
+    a SeerError (before anything trains) when even checkpointing does not fit the budget."""
+    dims = Dims.of(model, n_layers, lora_modules)
+    if dims.eager_attention:  # sdpa is what transformers picks where a model supports it
+        logger.warning(
+            "this model runs eager attention, whose memory grows with the square of the text "
+            "length; load it with attn_implementation='sdpa' if it supports that"
+        )
+    batches = _batch_lengths(dataset, config.batch_size)
+    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
+    kl, l2 = config.kl_weight > 0, config.retain_l2_weight > 0 and len(dataset.retain) > 0
+    real = padding_share([[r[k] for r in b] for b in batches for k in (0, 1, 2) if b[0][k]])
+    logger.info("padding: %.0f%% of the padded tokens of the schedule are real", 100 * real)
+
+    def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
+        peak = 0
+        for batch in batches:
+            for s in range(0, len(batch), rows):
+                part = batch[s : s + rows]
+                lengths = [min(cap, max(r[k] for r in part)) for k in (0, 1, 2)]
+                shape = Shape(len(part), *lengths)
+                kw = dict(kl=kl, l2=l2, checkpointing=checkpointing, cached=rows < len(batch))
+                peak = max(peak, estimate_step(dims, shape, layer=layer, **kw))
+        return peak
+
+    device = next(model.parameters()).device
+    budget = int(config.memory_budget * GIB) if config.memory_budget else free_memory(device)
+    source = "--memory-budget" if config.memory_budget else f"free memory on {device.type}"
+    without = worst(False)
+    checkpointing = config.gradient_checkpointing or without > budget
+    plan = MemoryPlan(
+        estimate=worst(True) if checkpointing else without,
+        without_checkpointing=without,
+        budget=budget,
+        budget_source=source,
+        checkpointing=checkpointing,
+        forced=config.gradient_checkpointing,
+    )
+    if plan.estimate > budget:
+        raise SeerError(_over_budget(config, plan, micro, worst, kl))
+    return plan
+
+
+def _over_budget(config: TrainConfig, plan: MemoryPlan, micro: int, worst, kl: bool) -> str:
+    options = []
+    rows = micro // 2
+    while rows >= 1:
+        if worst(True, rows=rows) <= plan.budget or rows == 1:
+            options.append(f"--micro-batch-size {rows} ({gib(worst(True, rows=rows))})")
+            break
+        rows //= 2
+    cap = config.max_length // 2
+    while cap >= 32:
+        if worst(True, cap=cap) <= plan.budget or cap < 64:
+            options.append(f"--max-length {cap} ({gib(worst(True, cap=cap))})")
+            break
+        cap //= 2
+    if kl:
+        options.append("--kl-weight 0 (no full-model pass)")
+    return (
+        f"a training step would need about {gib(plan.estimate)} even with gradient "
+        f"checkpointing ({micro} pairs per pass, texts of up to {config.max_length} tokens), "
+        f"more than the budget of {gib(plan.budget)} ({plan.budget_source}); options that "
+        f"reduce it: {', '.join(options)}; or raise --memory-budget if more memory is free"
+    )
+
+
+FSDP_REFUSAL = (
+    "seer train does not run under FSDP: its step makes partial passes (cut after the target "
+    "block, hooks on the blocks, the adapter switched off for the reference) on the unwrapped "
+    "model, whose parameters FSDP has sharded away; launch without FSDP (plain torchrun or "
+    "accelerate launch gives DDP) and bound memory with --micro-batch-size and "
+    "--gradient-checkpointing, or load the base model in bfloat16"
+)
+
+
+def refuse_fsdp(trainer: SeerTrainer | None = None) -> None:
+    """Stop at start-up under FSDP (set by ``accelerate launch --use_fsdp`` or the arguments)."""
+    by_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    if by_env or (trainer is not None and getattr(trainer, "is_fsdp_enabled", False)):
+        raise SeerError(FSDP_REFUSAL)
+
+
+def _arguments(config: TrainConfig, output_dir: str, lr: float, progress: bool, gc: bool):
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=1,  # the schedule from build_pairs already spans config.epochs
+        learning_rate=lr,
+        weight_decay=0.0,
+        save_strategy="steps",
+        remove_unused_columns=False,
+        dataloader_drop_last=True,
+        disable_tqdm=not progress,
+        activation_checkpointing=gc,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        use_cpu=not torch.cuda.is_available(),
+        **config.trainer_arguments(),
+    )
+
+
+def build_trainer(
+    config: TrainConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_rows: Sequence[dict],
+    retain: Sequence[dict],
+    *,
+    output_dir: str,
+    progress: bool = True,
+) -> SeerTrainer:
+    """LoRA on blocks 0..layer of ``model``, the pair schedule, the memory plan (gradient
+    checkpointing when the step would not fit) and the Trainer, ready for ``.train()``."""
+    refuse_fsdp()
+    layer, n_layers = resolve_layer(config, model)
+    lr = learning_rate(config, model)
+    targets = lora_targets(model, config.target_modules)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        layers_to_transform=list(range(layer + 1)),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    pairs = build_pairs(
+        [r["concept"] for r in train_rows],
+        [bool(r.get("response")) and bool(r.get("prompt")) for r in train_rows],
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        balanced=config.objective == "supcon",
+        format_probs=config.format_probs,
+        n_retain=len(retain),
+        seed=config.seed,
+    )
+    warn_truncated(tokenizer, list(train_rows), config.max_length, "training examples")
+    dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
+    plan = plan_memory(config, peft_model, dataset, layer, n_layers, len(targets))
+    logger.info("memory: %s", plan.describe())
+    if plan.checkpointing:
+        peft_model.enable_input_require_grads()
+        peft_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    trainer = SeerTrainer(
+        model=peft_model,
+        args=_arguments(config, output_dir, lr, progress, plan.checkpointing),
+        train_dataset=dataset,
+        data_collator=PairCollator(
+            tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
+        ),
+        processing_class=tokenizer,
+        seer_config=config,
+        layer=layer,
+    )
+    refuse_fsdp(trainer)
+    trainer.memory_note = (
+        f"{plan.describe()}; lower --micro-batch-size or --max-length, or set --memory-budget "
+        "to the memory that is really free"
+    )
+    return trainer

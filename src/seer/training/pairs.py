@@ -1,0 +1,140 @@
+"""The pair schedule of a SEER run, its dataset and its collator.
+
+:func:`build_pairs` draws the whole schedule up front (seeded, resumable); :class:`PairDataset`
+tokenises its items on first use; :class:`PairCollator` right-pads each part of a batch to its
+own longest text.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from seer.core.formatting import Encoded, encode, pad_batch
+
+__all__ = ["MODES", "PairCollator", "PairDataset", "build_pairs"]
+
+MODES = ("full", "prompt", "response")
+
+
+def build_pairs(
+    concepts: Sequence[str],
+    has_response: Sequence[bool],
+    *,
+    epochs: float,
+    batch_size: int,
+    balanced: bool,
+    format_probs: Sequence[float],
+    n_retain: int,
+    seed: int,
+) -> list[dict]:
+    """The whole training schedule, drawn up front so that it is seeded and resumable.
+
+    Each example is view 1 once per epoch; its view 2 is another example of the same concept.
+    ``balanced`` orders each epoch round-robin over concepts (in a random concept order each
+    round), so that every batch holds as equal a mix of concepts as the data allows.
+    """
+    rng = random.Random(seed)
+    by_concept: dict[str, list[int]] = defaultdict(list)
+    for i, concept in enumerate(concepts):
+        by_concept[concept].append(i)
+    names = sorted(by_concept)
+    concept_id = {name: k for k, name in enumerate(names)}
+    order: list[int] = []
+    for _ in range(math.ceil(epochs)):
+        if balanced:
+            queues = {c: rng.sample(ix, len(ix)) for c, ix in by_concept.items()}
+            while any(queues.values()):
+                for c in rng.sample(names, len(names)):
+                    if queues[c]:
+                        order.append(queues[c].pop())
+        else:
+            order.extend(rng.sample(range(len(concepts)), len(concepts)))
+    total = max(batch_size, int(round(epochs * len(concepts))) // batch_size * batch_size)
+    order = (order * (1 + total // max(1, len(order))))[:total]
+
+    def mode(i: int) -> str:
+        return rng.choices(MODES, weights=format_probs)[0] if has_response[i] else "prompt"
+
+    pairs = []
+    for step, i in enumerate(order):
+        others = [j for j in by_concept[concepts[i]] if j != i]
+        pairs.append(
+            {
+                "view1": i,
+                "view2": rng.choice(others),
+                "mode1": mode(i),
+                "mode2": None,  # drawn below, after view2 is known
+                "concept": concept_id[concepts[i]],
+                "retain": step % n_retain if n_retain else -1,
+            }
+        )
+        pairs[-1]["mode2"] = mode(pairs[-1]["view2"])
+    return pairs
+
+
+class PairDataset(Dataset):
+    """Items of the schedule from :func:`build_pairs`, tokenised on first use."""
+
+    def __init__(
+        self,
+        examples: Sequence[dict],
+        retain: Sequence[dict],
+        pairs: list[dict],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+    ) -> None:
+        self.examples, self.retain, self.pairs = examples, retain, pairs
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self._cache: dict[tuple[str, int, str], Encoded] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _encode(self, kind: str, index: int, mode: str) -> Encoded:
+        key = (kind, index, mode)
+        if key not in self._cache:
+            ex = (self.examples if kind == "concept" else self.retain)[index]
+            self._cache[key] = encode(
+                self.tokenizer, ex.get("prompt"), ex.get("response"), mode, self.max_length
+            )
+        return self._cache[key]
+
+    def __getitem__(self, i: int) -> dict:
+        p = self.pairs[i]
+        return {
+            "view1": self._encode("concept", p["view1"], p["mode1"]),
+            "view2": self._encode("concept", p["view2"], p["mode2"]),
+            "concept": p["concept"],
+            "retain": self._encode("retain", p["retain"], "full") if p["retain"] >= 0 else None,
+        }
+
+
+class PairCollator:
+    def __init__(
+        self, pad_token_id: int, positions: tuple[str, ...], pad_to_multiple_of: int | None = None
+    ):
+        self.pad_token_id, self.positions, self.multiple = (
+            pad_token_id,
+            positions,
+            pad_to_multiple_of,
+        )
+
+    def __call__(self, items: list[dict]) -> dict:
+        def pad(encoded: list[Encoded]) -> dict[str, torch.Tensor]:
+            return pad_batch(encoded, self.positions, self.pad_token_id, self.multiple)
+
+        batch = {
+            "view1": pad([it["view1"] for it in items]),
+            "view2": pad([it["view2"] for it in items]),
+            "concepts": torch.tensor([it["concept"] for it in items], dtype=torch.long),
+        }
+        if items[0]["retain"] is not None:
+            batch["retain"] = pad([it["retain"] for it in items])
+        return batch
