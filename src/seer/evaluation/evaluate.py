@@ -70,7 +70,14 @@ def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
     return rows, has_calibration
 
 
-def _representations(peft_model, tokenizer, rows, layers, progress, **kw) -> dict:
+def _representations(
+    peft_model: Any,
+    tokenizer: Any,
+    rows: dict[str, list[dict]],
+    layers: list[int],
+    progress: bool,
+    **kw: Any,
+) -> dict:
     reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     for name in ("base", "seer"):
         ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
@@ -91,7 +98,15 @@ def _representations(peft_model, tokenizer, rows, layers, progress, **kw) -> dic
     return reps
 
 
-def _monitoring(run, reps, rows, layer: int, best: int | None, fitted_on: str, seed: int) -> dict:
+def _monitoring(
+    run: Any,
+    reps: dict,
+    rows: dict[str, list[dict]],
+    layer: int,
+    best: int | None,
+    fitted_on: str,
+    seed: int,
+) -> dict:
     """Readout metrics for base and SEER, the external probes, and their comparison."""
     labels = {s: [r["concept"] for r in part] for s, part in rows.items()}
     names = run.concepts
@@ -212,7 +227,15 @@ def evaluate(
 
 
 def _faithfulness(
-    peft_model, tokenizer, run, test_rows, base_protos, n_texts, n_draws, progress, cfg
+    peft_model: Any,
+    tokenizer: Any,
+    run: Any,
+    test_rows: list[dict],
+    base_protos: np.ndarray,
+    n_texts: int,
+    n_draws: int,
+    progress: bool,
+    cfg: dict,
 ) -> dict:
     """Projection KL on a seeded subset of ``n_texts`` test rows, base and SEER."""
     if n_texts <= 0 or n_draws <= 0:

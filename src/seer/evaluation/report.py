@@ -200,7 +200,7 @@ def _metric_section(metrics: Mapping) -> list[str]:
         b, s = _lookup(base, name), _lookup(seer, name)
         if b is None and s is None:
             continue
-        delta = float(s) - float(b) if _is_num(b) and _is_num(s) else None  # type: ignore[arg-type]
+        delta = float(s) - float(b) if _is_num(b) and _is_num(s) else None
         label = f"{name} (lower is better)" if name in LOWER_IS_BETTER else name
         rows.append([label, _fmt(b), _fmt(s), _fmt(delta)])
     if not rows:

@@ -57,7 +57,7 @@ def retention(
     }
 
 
-def generations(peft_model, tokenizer, general: list[dict], n: int) -> list[dict]:
+def generations(peft_model: Any, tokenizer: Any, general: list[dict], n: int) -> list[dict]:
     """Greedy 48-token replies of base and SEER to the first ``n`` general prompts."""
     if not n:
         return []
