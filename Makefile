@@ -46,3 +46,4 @@ demo: install
 bench: install
 	$(PY) bench/train_step.py
 	$(PY) bench/explain_overhead.py
+	$(PY) bench/serve_load.py --data-dir $(SHARED)

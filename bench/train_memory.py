@@ -123,7 +123,7 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     )
 
 
-def _setup(data: str, max_length: int, repeat: bool, batch_size: int):
+def _setup(data: str, max_length: int, repeat: bool, batch_size: int, micro: int | None = None):
     import torch
 
     from seer.core.models import load_model
@@ -132,7 +132,8 @@ def _setup(data: str, max_length: int, repeat: bool, batch_size: int):
     torch.manual_seed(0)
     model, tokenizer = load_model("embedded", device="cpu", dtype=torch.float32)
     rows, retain = _rows(data, max_length if repeat else None)
-    config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0)
+    extra = {"micro_batch_size": micro} if micro else {}  # gradient caching: current code only
+    config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
     # Trainer.train() sets this per update; the code before issue 15 needs it for a lone step
@@ -184,12 +185,29 @@ def _matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / best
 
 
+def _estimate(trainer) -> float | None:
+    """The memory plan's estimate of the schedule's largest step (current code only), MiB."""
+    try:
+        from seer.training.build import plan_memory
+    except ImportError:
+        return None
+    from seer.core.layers import get_layers
+
+    cfg, n_layers = trainer.seer_config, len(get_layers(trainer.model))
+    modules = len(cfg.target_modules)  # SmolLM2 has all seven
+    plan = plan_memory(cfg, trainer.model, trainer.train_dataset, trainer.layer, n_layers, modules)
+    return plan.estimate / 2**20
+
+
 def child_memory(args: argparse.Namespace) -> dict:
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    trainer, b = _setup(args.data, args.length, repeat=True, batch_size=args.batch_size)
+    trainer, b = _setup(
+        args.data, args.length, repeat=True, batch_size=args.batch_size, micro=args.micro_batch_size
+    )
     batch = _batch(trainer, 0, b)
     padded = {k: tuple(v["input_ids"].shape) for k, v in batch.items() if isinstance(v, dict)}
+    estimate = _estimate(trainer)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
     before = _status_kib("VmRSS")
@@ -206,6 +224,7 @@ def child_memory(args: argparse.Namespace) -> dict:
         "checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
         "peak_mib": _status_kib("VmHWM") / 1024,
         "growth_mib": (_status_kib("VmHWM") - before) / 1024,
+        "estimate_mib": estimate,
     }
 
 
@@ -216,10 +235,12 @@ def child_speed(args: argparse.Namespace) -> dict:
     trainer, b = _setup(args.data, 512, repeat=False, batch_size=args.batch_size)
     batches = [_batch(trainer, i, b) for i in range(1 + args.steps)]
     _step(trainer, batches[0], args.autocast)  # warm-up
-    walls, per_token, flops = [], [], []
+    walls, per_token, flops, real_share = [], [], [], []
     for batch in batches[1:]:
         wall = _step(trainer, batch, args.autocast)
-        real = sum(int(v["attention_mask"].sum()) for v in batch.values() if isinstance(v, dict))
+        parts = [v for v in batch.values() if isinstance(v, dict)]
+        real = sum(int(v["attention_mask"].sum()) for v in parts)
+        real_share.append(real / sum(v["input_ids"].numel() for v in parts))
         walls.append(wall)
         per_token.append(wall / real)
         flops.append(_flops(trainer, batch) / wall)
@@ -229,7 +250,62 @@ def child_speed(args: argparse.Namespace) -> dict:
         "model_flops": statistics.median(flops),
         "matmul_fp32_flops": _matmul_flops(),
         "threads": torch.get_num_threads(),
+        "checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "real_share": statistics.mean(real_share),
     }
+
+
+def estimates(args: argparse.Namespace) -> None:
+    """The memory plan's estimates for the same steps, from a weightless (meta-device) model:
+    nothing is trained and no weights are loaded."""
+    import dataclasses
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from seer.core.models import resolve_model_path
+    from seer.training.build import default_layer, plan_memory
+    from seer.training.config import TrainConfig
+    from seer.training.pairs import PairDataset, build_pairs
+
+    path = resolve_model_path("embedded")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    n_layers = model.config.num_hidden_layers
+    layer = default_layer(n_layers)
+    base = TrainConfig(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size)
+    lora = LoraConfig(
+        r=base.lora_r,
+        lora_alpha=base.lora_alpha,
+        target_modules=list(base.target_modules),
+        layers_to_transform=list(range(layer + 1)),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    print(f"{'tokens':>6} {'estimate GiB':>13} {'with checkpointing':>19}")
+    for n in [*args.lengths, 0]:  # 0: the data as it is, the whole schedule, --max-length 512
+        rows, retain = _rows(args.data, n or None)
+        cfg = dataclasses.replace(base, max_length=n or 512, epochs=1.0, memory_budget=1e6)
+        both = [True] * len(rows)
+        pairs = build_pairs(
+            [r["concept"] for r in rows],
+            both,
+            epochs=1.0,
+            batch_size=cfg.batch_size,
+            balanced=True,
+            format_probs=cfg.format_probs,
+            n_retain=len(retain),
+            seed=cfg.seed,
+        )[: cfg.batch_size if n else None]  # the step the memory table measures
+        dataset = PairDataset(rows, retain, pairs, tokenizer, cfg.max_length)
+        k = len(cfg.target_modules)
+        plain = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
+        cfg = dataclasses.replace(cfg, gradient_checkpointing=True)
+        ckpt = plan_memory(cfg, peft_model, dataset, layer, n_layers, k).estimate
+        name = str(n) if n else "as is"
+        print(f"{name:>6} {plain / 2**30:>13.1f} {ckpt / 2**30:>19.1f}", flush=True)
 
 
 def run_child(src: str, mode: str, extra: list[str]) -> dict:
@@ -249,6 +325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=DATA, help="BeaverTails CSV (prompt, response, value)")
     p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, help="memory table: gradient caching")
     p.add_argument("--limit-gb", type=float, default=21.0, help="address-space cap of a child")
     p.add_argument("--steps", type=int, default=3, help="timed speed steps after 1 warm-up")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of speed children")
@@ -256,6 +333,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (current code)")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--estimate-only", action="store_true", help="the memory plan's estimates")
     p.add_argument("--only", choices=("base", "current"), help="measure one version only")
     p.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -268,6 +346,7 @@ def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
     print(f"{'tokens':>6} " + " ".join(f"{v + ' peak MiB':>18} {'step MiB':>9}" for v in versions))
     for n in args.lengths:
         extra = ["--length", str(n), "--batch-size", str(args.batch_size), "--data", args.data]
+        extra += ["--micro-batch-size", str(args.micro_batch_size)] * bool(args.micro_batch_size)
         extra += ["--limit-gb", str(args.limit_gb)]
         for v, src in versions.items():
             results[v][n] = run_child(src, "memory", extra)
@@ -281,6 +360,8 @@ def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
             else:
                 gc = "*" if r["checkpointing"] else " "
                 cells.append(f"{r['peak_mib']:>17.0f}{gc} {r['growth_mib']:>9.0f}")
+                if r.get("estimate_mib"):
+                    cells.append(f"(estimated step {r['estimate_mib']:.0f})")
         print(f"{n:>6} " + " ".join(cells), flush=True)
     print("* gradient checkpointing on; oom: allocation failed at the address-space cap")
     return results
@@ -310,7 +391,9 @@ def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
             f"speed {name}: {1e3 * s_tok:.2f} ms per real token, "
             f"{statistics.median(r['s_per_step'] for r in ok):.2f} s/step, model "
             f"{mflops / 1e9:.1f} GFLOP/s = {100 * mflops / peak:.0f}% of a float32 2048^2 "
-            f"matmul ({peak / 1e9:.0f} GFLOP/s, {ok[0]['threads']} threads), {len(ok)} rounds"
+            f"matmul ({peak / 1e9:.0f} GFLOP/s, {ok[0]['threads']} threads), {len(ok)} rounds, "
+            f"{100 * ok[0]['real_share']:.0f}% of padded tokens real, gradient checkpointing "
+            f"{'on' if ok[0]['checkpointing'] else 'off'}"
         )
     if "base" in summary and "current" in summary:
         print(f"seconds per real token current/base: {summary['current'] / summary['base']:.3f}")
@@ -320,6 +403,9 @@ def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.estimate_only:
+        estimates(args)
+        return
     if args.child:
         result = child_memory(args) if args.child == "memory" else child_speed(args)
         print(json.dumps(result), flush=True)
@@ -329,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     versions = versions or {"current": current}
     if args.only:
         versions = {args.only: versions[args.only]}
-    print(f"B={args.batch_size} pairs, embedded model, float32; versions: {versions}")
+    micro = f", micro-batches of {args.micro_batch_size}" if args.micro_batch_size else ""
+    print(f"B={args.batch_size} pairs{micro}, embedded model, float32; versions: {versions}")
     if not args.no_speed:
         _speed(args, versions)
     if args.no_memory:

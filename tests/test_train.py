@@ -267,3 +267,46 @@ def test_fsdp_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_f
             progress=False,
         )
     assert not (tmp_path / "run.partial").exists()  # refused before anything was written
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tmp_path, tokenizer, concept_file, retain_file
+):
+    plain = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    ds = plain.train_dataset
+    batch = plain.data_collator([ds[i] for i in range(4)])
+    expected = _grads(plain, batch)
+    ckpt = _trainer_on_tiny(
+        tmp_path, tokenizer, concept_file, retain_file, gradient_checkpointing=True
+    )
+    assert ckpt.args.activation_checkpointing and ckpt.model.is_gradient_checkpointing
+    for micro in (None, 2):  # alone, and with gradient caching
+        ckpt.seer_config.micro_batch_size = micro
+        got = _grads(ckpt, batch)
+        for name, grad in expected.items():
+            assert ((got[name] - grad).norm() / grad.norm()).item() < 1e-5, (micro, name)
+
+
+def test_train_help_lists_the_memory_and_trainer_options(capsys):
+    from seer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--micro-batch-size", "--memory-budget", "--lr-scheduler-type", "--report-to"):
+        assert flag in out
+
+
+def test_out_of_memory_in_a_step_says_the_estimate_and_the_options(
+    tmp_path, tokenizer, concept_file, retain_file, monkeypatch
+):
+    trainer = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(type(trainer), "compute_loss", no_memory)
+    with pytest.raises(SeerError, match="ran out of memory.*estimated peak.*--micro-batch-size"):
+        trainer.training_step(trainer.model, batch)

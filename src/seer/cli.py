@@ -57,7 +57,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="seer", description="Make a language model explain itself (SEER).")
     flags = {"debug": "show Python tracebacks on errors", "quiet": "no progress bars or info logs"}
-    common = argparse.ArgumentParser(add_help=False)  # the same flags after the subcommand
+    common = OneLineParser(add_help=False)  # the same flags after the subcommand
     for name, text in flags.items():
         parser.add_argument(f"--{name}", action="store_true", help=text)
         common.add_argument(f"--{name}", action="store_true", default=argparse.SUPPRESS, help=text)

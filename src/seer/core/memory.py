@@ -18,18 +18,29 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
 from seer.core.losses import KL_CHUNK_ELEMENTS
 
-__all__ = ["Dims", "MemoryPlan", "Shape", "estimate_step", "free_memory", "padding_share"]
+__all__ = [
+    "FREE_SHARE",
+    "Dims",
+    "MemoryPlan",
+    "Shape",
+    "estimate_step",
+    "free_memory",
+    "padding_share",
+]
 
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
 OVERHEAD = 1.15  # allocator fragmentation and short-lived copies, from the bench's measurements
+# The default budget: this share of the memory free at start, leaving room for the estimate's
+# error and for whatever else the machine runs meanwhile.
+FREE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,11 @@ class Dims:
     lora_params: int  # trainable parameters
 
     @classmethod
-    def of(cls, model: nn.Module, n_layers: int, lora_modules: int) -> Dims:
+    def of(cls, model: Any, n_layers: int, lora_modules: int) -> Dims:
         """Read the dims off a (PEFT-wrapped) Hugging Face model."""
         config = model.config
         hidden = getattr(config, "hidden_size", None) or config.n_embd
-        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+        heads: int = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
         inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
         attention = getattr(config, "_attn_implementation", "eager") or "eager"
         param = next(p for p in model.parameters())
@@ -81,7 +92,7 @@ class Shape:
 def _per_token(d: Dims, lora: bool, length: int) -> float:
     """Bytes kept for backward per token of one block (floats counted in units of H and I)."""
     h, i = d.hidden, d.intermediate
-    floats = 11 * h + 3 * i  # norms, rotary q/k, attention in/out, the MLP's gate/up/product
+    floats: float = 11 * h + 3 * i  # norms, rotary q/k, attention in/out, the MLP's gate/up/product
     if lora:  # the dropped-out inputs of the adapted linears (and their masks, 1 byte each)
         floats += 1.25 * ((d.lora_modules - 1) * h + i)
     if d.eager_attention:  # attention probabilities and their softmax, per head
@@ -106,6 +117,7 @@ def estimate_step(
     tr = tr if l2 else 0
     rest = t2 + tr if cached else 2 * shape.rows * max(shape.view2, shape.retain if l2 else 0)
     rest_len = max(shape.view2, shape.retain)
+    kept: float
     if checkpointing:  # block inputs only, plus one block rebuilt at a time
         kept = d.hidden * d.dtype_bytes * (t1 * (d.n_layers if kl else adapted) + rest * adapted)
         biggest = max(t1, rest) * _per_token(d, True, max(shape.view1, rest_len))

@@ -247,7 +247,7 @@ def _check_adapter(folder: Path) -> None:
 
 def load_run_model(
     path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
-):
+) -> tuple[Run, Any, Any]:
     """A run folder (base model + adapter) or an export (a merged model folder):
     ``(run, model, tokenizer)``."""
     path = Path(path)

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from seer.core.formatting import warn_truncated
 from seer.core.layers import get_layers
 from seer.core.memory import (
+    FREE_SHARE,
     GIB,
     Dims,
     MemoryPlan,
@@ -131,8 +132,11 @@ def plan_memory(
         return peak
 
     device = next(model.parameters()).device
-    budget = int(config.memory_budget * GIB) if config.memory_budget else free_memory(device)
-    source = "--memory-budget" if config.memory_budget else f"free memory on {device.type}"
+    if config.memory_budget:
+        budget, source = int(config.memory_budget * GIB), "--memory-budget"
+    else:
+        budget = int(FREE_SHARE * free_memory(device))
+        source = f"{FREE_SHARE:.0%} of the memory free on {device.type}"
     without = worst(False)
     checkpointing = config.gradient_checkpointing or without > budget
     plan = MemoryPlan(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -111,13 +112,13 @@ class SeerTrainer(Trainer):
             return dict(hidden), None
         return dict(hidden), out.last_hidden_state[batch["attention_mask"].bool()]
 
-    def _kl(self, model: nn.Module, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def _kl(self, model: Any, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         hf = model.get_base_model()
         head = hf.get_output_embeddings()
         cap = getattr(hf.config, "final_logit_softcapping", None)
         return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
-    def _representations(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, ...]:
+    def _representations(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """``z1, z2`` of a batch: the adapted passes of :meth:`_terms`, cut at the target layer
         (the first stage of gradient caching)."""
         layer, v1, v2 = self.layer, batch["view1"], batch["view2"]
@@ -129,8 +130,8 @@ class SeerTrainer(Trainer):
 
     def _terms(
         self,
-        model: nn.Module,
-        batch: dict,
+        model: Any,
+        batch: dict[str, Any],
         *,
         counts: tuple[int, int] | None = None,
         rng: tuple | None = None,
@@ -146,7 +147,8 @@ class SeerTrainer(Trainer):
         v1, v2, retain = batch["view1"], batch["view2"], batch.get("retain")
         use_kl, use_l2 = cfg.kl_weight > 0, cfg.retain_l2_weight > 0 and retain is not None
         adapted = list(range(layer + 1))
-        ref_hidden, ref_final = {}, None
+        ref_hidden: dict[int, torch.Tensor] = {}
+        ref_final: Any = None
         with torch.no_grad(), model.disable_adapter():
             if use_l2:
                 ref_hidden, _ = self._forward(model, retain, adapted, full=False)
@@ -155,11 +157,10 @@ class SeerTrainer(Trainer):
         if rng is not None:
             set_rng_state(rng)
         h1, final = self._forward(model, v1, [layer], full=use_kl)
+        pad_id = getattr(self.processing_class, "pad_token_id", 0)
         n = v2["input_ids"].shape[0]
         if use_l2 and counts is None:  # view 2 and the retain texts in one pass
-            rest, _ = self._forward(
-                model, _concat(v2, retain, self.processing_class.pad_token_id), adapted, False
-            )
+            rest, _ = self._forward(model, _concat(v2, retain, pad_id), adapted, False)
             h2 = rest[layer][:n]
             mine = [rest[i][n:, : retain["input_ids"].shape[1]] for i in adapted]
         else:
@@ -243,7 +244,7 @@ class SeerTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         peft_model = self.accelerator.unwrap_model(model)
-        chunks = micro_batches(inputs, cfg.micro_batch_size)
+        chunks = micro_batches(inputs, cfg.micro_batch_size or len(inputs["concepts"]))
         states, reps = [], []
         with torch.no_grad(), self.compute_loss_context_manager():
             for chunk in chunks:
