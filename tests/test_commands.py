@@ -209,15 +209,23 @@ def test_detox_eval_skip_base_refuses_a_base_made_with_other_settings(detox_inpu
     argv += ["--limit", "3", "--max-new-tokens", "2"]
     assert cli.main(argv) == 0
     base = json.loads((run / "detox" / "base.json").read_text())
+    assert base["refusal_rule"] == base["settings"]["refusal_rule"] == "strict"
     capsys.readouterr()
     for changed, word in (
         (["--max-new-tokens", "3"], "--max-new-tokens"),
         (["--seed", "1"], "prompts"),
+        (["--refusal-rule", "paper"], "--refusal-rule"),  # the base scores count refusals
     ):
         line = _error(_run([*argv, "--skip-base", *changed], capsys))
         assert word in line and "--skip-base" in line
     # The same settings reuse it; a base.json that does not say its settings is refused.
     assert cli.main([*argv, "--skip-base"]) == 0
+    # one written before --refusal-rule was recorded counted with the strict rule
+    older = {**base, "settings": {k: v for k, v in base["settings"].items() if k != "refusal_rule"}}
+    (run / "detox" / "base.json").write_text(json.dumps(older))
+    assert cli.main([*argv, "--skip-base"]) == 0
+    capsys.readouterr()
+    assert _error(_run([*argv, "--skip-base", "--refusal-rule", "paper"], capsys))
     del base["settings"]
     (run / "detox" / "base.json").write_text(json.dumps(base))
     capsys.readouterr()

@@ -76,7 +76,7 @@ BAD_DATA = {
     "too few of a concept": (
         _jsonl(*GOOD, {"prompt": "x", "concept": "rare"}, {"prompt": "y", "concept": "rare"}),
         "d.jsonl",
-        ["concept 'rare' has 2 example(s)", "at least 3"],
+        ["concept 'rare' has 2 example(s)", "at least 4"],
     ),
     "one concept": (
         _jsonl(*[{"prompt": f"t{i}", "concept": "a"} for i in range(6)]),

@@ -89,7 +89,7 @@ def test_none_below_threshold(run_dir, tmp_path, tokenizer):
 
 
 def test_score_matches_representations_and_calibration(explainer, tokenizer):
-    rows = explainer.run.split("test")
+    rows = explainer.run.split("calibration")
     reps = representations(explainer.model, tokenizer, rows, [explainer.layer], explainer.positions)
     cos = reps[explainer.layer] @ explainer.prototypes.numpy().T
     for row, expected in zip(rows, cos, strict=True):
@@ -99,7 +99,7 @@ def test_score_matches_representations_and_calibration(explainer, tokenizer):
         np.testing.assert_allclose([got[c] for c in explainer.concepts], expected, atol=1e-5)
     predicted = [explainer.concepts[int(np.argmax(c))] for c in cos]
     hits = np.mean([p == r["concept"] for p, r in zip(predicted, rows, strict=True)])
-    assert hits == pytest.approx(explainer.run.calibration["held_out_accuracy"])
+    assert hits == pytest.approx(explainer.run.calibration["calibration_accuracy"])
 
 
 def test_generate_reply_and_trace_match_plain_generation(explainer, tokenizer):
@@ -364,13 +364,13 @@ def test_cli_monitor(cli, run_dir, capsys):
 
 
 def test_cli_file_reproduces_held_out_accuracy(cli, run_dir, capsys):
-    split = run_dir / "split" / "test.jsonl"
+    split = run_dir / "split" / "calibration.jsonl"
     assert cli(["--quiet", "explain", str(run_dir), "--file", str(split), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == len(split.read_text().splitlines()) + 1
     summary = lines[-1]["summary"]
     calibration = json.loads((run_dir / "seer.json").read_text())["calibration"]
-    assert summary["accuracy"] == pytest.approx(calibration["held_out_accuracy"])
+    assert summary["accuracy"] == pytest.approx(calibration["calibration_accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -201,3 +201,136 @@ def test_layer_sweep_mismatched_layers_raise():
     X, y = blobs(n_per=5)
     with pytest.raises(ValueError, match=r"\[2\]"):
         layer_sweep({1: X, 2: X}, y, {1: X}, y)
+
+
+# --- monitoring metrics: synthetic scores with known answers ----------------------------------
+
+from seer.evaluation.monitoring import (  # noqa: E402
+    detection,
+    expected_calibration_error,
+    fpr_threshold,
+    negative_log_likelihood,
+    probability_metrics,
+    roc_auc,
+    selective_curve,
+)
+from seer.evaluation.monitors import MATCH_TOLERANCE, compare, readout_metrics  # noqa: E402
+
+
+def _two_class(confidences, correct):
+    """Rows whose top class is 0 with the given confidence; target 0 if correct else 1."""
+    conf = np.asarray(confidences, float)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    return probs, np.where(correct, 0, 1)
+
+
+def test_ece_known_answer_and_bins():
+    probs, target = _two_class([0.9, 0.9, 0.6, 0.6, 1.0], [True, False, True, True, True])
+    out = expected_calibration_error(probs, target, n_bins=15)
+    # two rows at 0.9 with accuracy 0.5, two at 0.6 with accuracy 1, one at 1.0 exactly right
+    assert out["ece"] == pytest.approx((2 * 0.4 + 2 * 0.4 + 0) / 5)
+    assert len(out["bins"]) == 15 and sum(b["count"] for b in out["bins"]) == 5
+    top = out["bins"][-1]
+    assert top["count"] == 1 and top["accuracy"] == 1.0 and top["confidence"] == 1.0
+    assert out["bins"][0]["accuracy"] is None
+
+
+def test_ece_zero_when_confidence_equals_accuracy():
+    # 10 rows at confidence 0.7, 7 of them right: perfectly calibrated
+    probs, target = _two_class([0.7] * 10, [True] * 7 + [False] * 3)
+    assert expected_calibration_error(probs, target)["ece"] == pytest.approx(0.0)
+
+
+def test_nll_known_answer():
+    probs = np.array([[0.5, 0.5], [0.25, 0.75]])
+    assert negative_log_likelihood(probs, np.array([0, 1])) == pytest.approx(
+        -(np.log(0.5) + np.log(0.75)) / 2
+    )
+
+
+def test_roc_auc_known_answer_and_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    pos = np.array([0.97, 0.985, 0.999, 0.5])
+    neg = np.array([0.99, 0.1, 0.2, 0.3])
+    scores, labels = np.concatenate([pos, neg]), np.array([1] * 4 + [0] * 4, bool)
+    assert roc_auc(scores, labels) == pytest.approx(13 / 16)
+    rng = np.random.default_rng(0)
+    s, y = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.3  # many ties
+    assert roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert math.isnan(roc_auc(s, np.zeros(200, bool)))
+
+
+def test_fpr_threshold_lets_through_at_most_the_share():
+    neg = np.arange(100) / 100  # 0.00 .. 0.99
+    assert fpr_threshold(neg, 0.01) == pytest.approx(0.98)  # only 0.99 is above
+    assert fpr_threshold(neg, 0.05) == pytest.approx(0.94)  # 0.95 .. 0.99
+    assert fpr_threshold(neg[:10], 0.01) == pytest.approx(0.09)  # < 1 allowed: the maximum
+    for fpr in (0.0, 0.01, 0.05, 0.2):
+        assert np.mean(neg > fpr_threshold(neg, fpr)) <= fpr + 1e-12
+
+
+def test_recall_at_fpr_threshold_from_calibration_measured_on_test():
+    cal_scores = np.concatenate([np.arange(100) / 100, [0.5, 0.6]])
+    cal_pos = np.array([False] * 100 + [True, True])
+    test_scores = np.array([0.97, 0.985, 0.999, 0.5, 0.99, 0.1, 0.2, 0.3])
+    test_pos = np.array([True] * 4 + [False] * 4)
+    out = detection(cal_scores, cal_pos, test_scores, test_pos)
+    assert out["at_fpr"]["0.01"] == {"threshold": 0.98, "recall": 0.5, "realised_fpr": 0.25}
+    assert out["at_fpr"]["0.05"]["threshold"] == pytest.approx(0.94)
+    assert out["at_fpr"]["0.05"]["recall"] == 0.75
+    assert out["auroc"] == pytest.approx(13 / 16)
+    # the test negative at 0.99 would have moved a threshold fitted on test: it did not
+    moved = detection(cal_scores, cal_pos, test_scores * 0 + 0.995, test_pos)
+    assert moved["at_fpr"]["0.01"]["threshold"] == 0.98
+
+
+def test_selective_curve_known_answer():
+    out = selective_curve(np.array([0.9, 0.1, 0.8, 0.5]), np.array([1, 0, 0, 1], bool))
+    assert out["coverage"] == [0.25, 0.5, 0.75, 1.0]
+    assert out["accuracy"] == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    assert out["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_probability_metrics_perfect_monitor():
+    target = np.repeat(np.arange(3), 20)
+    probs = np.full((60, 3), 0.05)
+    probs[np.arange(60), target] = 0.9
+    out = probability_metrics(probs, target, probs, target, ["a", "b", "c"])
+    assert out["accuracy"] == out["macro_f1"] == out["mean_auroc"] == 1.0
+    assert out["mean_recall_at_0.01_fpr"] == 1.0 and out["ece"] == pytest.approx(0.1)
+
+
+def test_readout_none_share_and_answered_accuracy():
+    P = np.eye(2)
+    X = np.array(
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.2], [1.0, 0.1]]
+    )  # cosines to best: 1, 1, .77, .99
+    targets = {"calibration": np.array([0, 1, 1, 0]), "test": np.array([0, 1, 0, 0])}
+    out = readout_metrics(
+        {"calibration": X, "test": X},
+        targets,
+        ["a", "b"],
+        P,
+        {"temperature": 0.1, "threshold": 0.9},
+    )
+    assert out["none"]["share"] == 0.25  # the third row
+    assert out["none"]["accuracy_answered"] == 1.0  # the answered three are right
+    assert out["accuracy"] == 0.75 and out["temperature"] == 0.1
+    assert out["none"]["selective"]["accuracy"][-1] == 0.75
+
+
+def test_compare_picks_the_probe_by_calibration_auroc():
+    def monitor(test_auc, cal_auc):
+        at = {"0.01": {"recall": 0.5}}
+        return {
+            "per_concept": {"x": {"auroc": test_auc, "calibration_auroc": cal_auc, "at_fpr": at}}
+        }
+
+    probes = {"logistic@run": monitor(0.95, 0.7), "mlp@run": monitor(0.80, 0.9)}
+    row = compare(monitor(0.8 + MATCH_TOLERANCE / 2, 0.5), probes, ["x"])["per_concept"]["x"]
+    assert row["best_probe"] == "mlp@run" and row["verdict"] == "matches"
+    assert compare(monitor(0.9, 0.5), probes, ["x"])["per_concept"]["x"]["verdict"] == "beats"
+    assert compare(monitor(0.7, 0.5), probes, ["x"])["counts"] == {
+        "beats": 0, "matches": 0, "below": 1,
+    }  # fmt: skip

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
 from seer.evaluation.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
@@ -100,3 +101,106 @@ def test_write_report_skips_missing_sections(tmp_path):
     text = write_report(tmp_path, partial, {}).read_text()
     assert "| prototype_accuracy | – | 0.900 | – |" in text
     assert "Retention" not in text and "Generations" not in text
+
+
+# --- monitoring: faithfulness on a tiny model, and `evaluate` end to end ----------------------
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from conftest import tiny_llama, write_concepts, write_retain  # noqa: E402
+
+from seer.evaluation.faithfulness import orthonormal_basis, projection_kl  # noqa: E402
+
+
+def test_orthonormal_basis_spans_the_rows():
+    rows = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    Q = orthonormal_basis(rows)
+    assert Q.shape == (3, 2)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(Q @ Q.T @ rows.T, rows.T, atol=1e-12)
+
+
+def test_projection_kl_zero_for_nothing_removed_positive_for_everything(tokenizer):
+    model = tiny_llama(len(tokenizer)).eval()
+    rows = [{"prompt": "how do I bake bread", "response": "with flour"}, {"prompt": "hi"}]
+    hidden = model.config.hidden_size
+    out = projection_kl(
+        model, tokenizer, rows, 1, {"none": np.zeros((hidden, 0)), "all": np.eye(hidden)}
+    )
+    assert out["none"] == pytest.approx(0.0, abs=1e-6)
+    assert out["all"] > 1e-3
+    # no hook survives: a plain pass is unchanged afterwards
+    ids = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(
+        model(input_ids=ids).logits, tiny_llama(len(tokenizer))(input_ids=ids).logits
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tokenizer):
+    from seer.training.config import TrainConfig
+    from seer.training.train import train
+
+    root = tmp_path_factory.mktemp("monitor-run")
+    config = TrainConfig(
+        model="tiny",
+        data=str(write_concepts(root / "c.jsonl")),
+        retain_data=str(write_retain(root / "r.jsonl")),
+        output=str(root / "run"),
+        epochs=1,
+        batch_size=4,
+        layer=1,
+        test_fraction=0.34,
+    )
+    return train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
+
+
+def _evaluate(path, tokenizer):
+    from seer.evaluation.evaluate import evaluate
+
+    return evaluate(
+        path, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False,
+        n_generations=0, faithfulness_texts=4, faithfulness_draws=2,
+    )  # fmt: skip
+
+
+def test_evaluate_writes_monitoring_metrics_and_figures(tiny_run, tokenizer):
+    m = _evaluate(tiny_run, tokenizer)
+    assert m["run"]["calibration_split"] is True and m["run"]["n_calibration"] == 3
+    mon = m["monitoring"]
+    assert mon["fitted_on"] == "calibration"
+    assert set(mon["probes"]) == {"logistic@run", "mlp@run", "logistic@best", "mlp@best"}
+    assert mon["probes"]["logistic@best"]["layer"] == m["base_best_layer"]["layer"]
+    for block in (mon["seer_readout"], mon["base_readout"], *mon["probes"].values()):
+        assert 0 <= block["ece"] <= 1 and block["nll"] > 0 and len(block["reliability"]) == 15
+        assert set(block["per_concept"]) == {"cooking", "space", "sports"}
+    assert len(mon["seer_readout"]["none"]["selective"]["coverage"]) == m["run"]["n_test"]
+    for model in ("base", "seer"):
+        f = m["faithfulness"][model]
+        assert f["span"]["dimension"] == 3 and f["centred"]["dimension"] == 2
+        assert len(f["span"]["kl_random"]) == 2 and f["span"]["kl_prototypes"] > 0
+    eval_dir = tiny_run / "eval"
+    assert_png(eval_dir / "reliability.png")
+    assert_png(eval_dir / "selective.png")
+    text = (eval_dir / "report.md").read_text()
+    for heading in (
+        "## Monitoring (test split)",
+        "per concept",
+        "`none`",
+        "## Causal faithfulness",
+    ):
+        assert heading in text
+    assert "no calibration split" not in text
+    assert json.loads((eval_dir / "metrics.json").read_text())["monitoring"]["comparison"]
+
+
+def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokenizer, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    (old / "split" / "calibration.jsonl").unlink()
+    shutil.rmtree(old / "eval", ignore_errors=True)
+    m = _evaluate(old, tokenizer)
+    assert m["run"]["calibration_split"] is False and m["run"]["n_calibration"] == 0
+    assert m["monitoring"]["fitted_on"].startswith("test")
+    assert "no calibration split" in (old / "eval" / "report.md").read_text()

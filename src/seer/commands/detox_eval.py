@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from seer.commands.monitor import MonitorOptions
 from seer.commands.options import option
@@ -47,6 +47,11 @@ class DetoxConfig:
         None,
         "shade the figure's region where BT rose by at least the first number and XST by at "
         "most the second, both shares over the base model's (not given: no region)",
+    )
+    refusal_rule: Literal["strict", "paper"] = option(
+        "strict",
+        "how a refusal is counted: strict (a refusal phrase opens the reply) or paper "
+        "(the SEER authors' case-sensitive substrings anywhere in it)",
     )
     monitor: MonitorOptions = option(
         MonitorOptions,

@@ -29,6 +29,7 @@ __all__ = [
     "read_jsonl",
     "group_by_concept",
     "split_examples",
+    "split_three",
     "without_prompts",
     "write_jsonl",
 ]
@@ -364,6 +365,46 @@ def split_examples(
         test.extend(items[:n_test])
         train.extend(items[n_test:])
     return train, test
+
+
+def split_three(
+    examples: Sequence[Example], test_fraction: float, calibration_fraction: float, seed: int
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """A seeded split into train / calibration / test, stratified by concept.
+
+    The test rows are exactly those of ``split_examples(examples, test_fraction, seed)`` (same
+    shuffle), so figures stay comparable with two-way runs; the calibration rows are taken from
+    what would have been training rows. Every concept keeps >= 2 training, >= 1 calibration and
+    >= 1 test example, otherwise a SeerError names it.
+    """
+    if not 0 < calibration_fraction < 1 or not 0 < test_fraction < 1:
+        raise SeerError(
+            "--test-fraction and --calibration-fraction must each be between 0 and 1 "
+            f"(exclusive), got {test_fraction} and {calibration_fraction}"
+        )
+    if test_fraction + calibration_fraction >= 1:
+        raise SeerError(
+            f"--test-fraction {test_fraction} + --calibration-fraction {calibration_fraction} "
+            "leave nothing to train on; keep their sum below 1 (e.g. 0.2 + 0.2)"
+        )
+    rng = random.Random(seed)
+    train, calibration, test = [], [], []
+    for concept, indices in group_by_concept([ex["concept"] for ex in examples]).items():
+        items = [examples[i] for i in indices]
+        rng.shuffle(items)
+        n_test = max(1, round(len(items) * test_fraction))
+        n_cal = max(1, round(len(items) * calibration_fraction))
+        if len(items) - n_test - n_cal < 2:
+            raise SeerError(
+                f"concept {concept!r} has {len(items)} example(s), too few to hold out {n_test} "
+                f"for testing and {n_cal} for calibration and keep 2 to train on; it needs at "
+                f"least {n_test + n_cal + 2}: add examples, drop the concept, or lower the "
+                "fractions"
+            )
+        test.extend(items[:n_test])
+        calibration.extend(items[n_test : n_test + n_cal])
+        train.extend(items[n_test + n_cal :])
+    return train, calibration, test
 
 
 def group_by_concept(concepts: Sequence[str]) -> dict[str, list[int]]:

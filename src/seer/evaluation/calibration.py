@@ -1,22 +1,25 @@
 """Turn cosine similarities to concept prototypes into probabilities and a ``none`` threshold.
 
-Both are fitted on the run's held-out split at the end of training and stored with the run:
-the temperature ``T`` of ``softmax(cos / T)`` minimises the held-out negative log-likelihood
-(temperature scaling, Guo et al. 2017), and the threshold is the ``quantile`` of held-out
-best-prototype cosines: a representation less similar than that to every prototype is
-reported as ``none`` (by construction, about ``quantile`` of in-distribution texts are).
+Both are fitted on the run's *calibration* split at the end of training and stored with the
+run (the test split is never seen): the temperature ``T`` of ``softmax(cos / T)`` minimises
+the calibration negative log-likelihood (temperature scaling, Guo et al. 2017), and the
+threshold is the ``quantile`` of calibration best-prototype cosines: a representation less
+similar than that to every prototype is reported as ``none`` (by construction, about
+``quantile`` of in-distribution texts are).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from seer.core.represent import representations
 from seer.inference.readout import cosines, softmax_probabilities
 
-__all__ = ["calibrate", "softmax_probabilities"]
+__all__ = ["calibrate", "fit_calibration", "softmax_probabilities"]
 
 
 def calibrate(
@@ -25,8 +28,13 @@ def calibrate(
     names: Sequence[str],
     P: np.ndarray,
     quantile: float = 0.05,
-) -> dict[str, float]:
-    """Fit the probability temperature and the ``none`` threshold on held-out data."""
+    fitted_on: str = "calibration",
+) -> dict[str, Any]:
+    """Fit the probability temperature and the ``none`` threshold on the rows ``X``.
+
+    ``fitted_on`` names the split ``X`` came from; it is stored with the values, and the
+    accuracy and NLL of the fit are keyed by it (``calibration_accuracy``, ...).
+    """
     cos = cosines(np.asarray(X, np.float64), np.asarray(P, np.float64))
     index = {n: i for i, n in enumerate(names)}
     target = np.array([index[label] for label in labels])
@@ -40,6 +48,38 @@ def calibrate(
         "temperature": float(np.exp(best.x)),
         "threshold": float(np.quantile(cos.max(axis=1), quantile)),
         "quantile": quantile,
-        "held_out_accuracy": float((cos.argmax(axis=1) == target).mean()),
-        "held_out_nll": float(best.fun),
+        "fitted_on": fitted_on,
+        "n_rows": len(target),
+        f"{fitted_on}_accuracy": float((cos.argmax(axis=1) == target).mean()),
+        f"{fitted_on}_nll": float(best.fun),
     }
+
+
+def fit_calibration(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict],
+    names: Sequence[str],
+    prototypes: np.ndarray,
+    *,
+    layer: int,
+    positions: Sequence[str],
+    max_length: int,
+    layers_path: str | None,
+    progress: bool = False,
+    center: Any = None,
+) -> dict[str, Any]:
+    """Representations of the calibration ``rows`` at ``layer`` (around ``center``, for a
+    centred run), then :func:`calibrate`."""
+    reps = representations(
+        model,
+        tokenizer,
+        rows,
+        [layer],
+        positions,
+        max_length=max_length,
+        layers_path=layers_path,
+        progress="calibration" if progress else False,
+        centers={layer: center},
+    )[layer]
+    return calibrate(reps, [r["concept"] for r in rows], names, prototypes)

@@ -1,4 +1,4 @@
-"""``seer evaluate``: base vs SEER on the run's held-out split, written to ``DIR/eval/``."""
+"""``seer evaluate``: base vs SEER on the run's test split, written to ``DIR/eval/``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seer.core import strict_json
-from seer.core.formatting import encode, pad_batch
 from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
+from seer.errors import SeerError
+from seer.evaluation.faithfulness import faithfulness
 from seer.evaluation.metrics import (
     compute_prototypes,
     disentanglement,
@@ -24,55 +23,20 @@ from seer.evaluation.metrics import (
     ot_separation,
     probe_accuracy,
 )
-from seer.inference.generation import generate_replies
+from seer.evaluation.monitor_report import monitoring_figures
+from seer.evaluation.monitors import (
+    base_calibration,
+    best_layer,
+    compare,
+    external_probes,
+    readout_metrics,
+)
+from seer.evaluation.retention import generations, retention
 from seer.training.retain import general_text
 
 __all__ = ["evaluate", "retention"]
 
 logger = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def retention(
-    peft_model: Any, tokenizer: Any, texts: list[dict], batch_size: int = 8, max_length: int = 512
-) -> dict:
-    """Capability retention on general text: ``KL(base || seer)`` of next-token distributions
-    (nats per real token) and the perplexity of each model on the responses."""
-    device = next(peft_model.parameters()).device
-    kl_sum, kl_n = 0.0, 0
-    nll = {"base": 0.0, "seer": 0.0}
-    nll_n = 0
-    for start in range(0, len(texts), batch_size):
-        enc = [
-            encode(tokenizer, t["prompt"], t.get("response"), "full", max_length)
-            for t in texts[start : start + batch_size]
-        ]
-        batch = pad_batch(enc, ("user_end",), tokenizer.pad_token_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        with peft_model.disable_adapter():
-            ref = F.log_softmax(
-                peft_model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
-            )
-        cur = F.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        real = mask.bool()
-        kl_sum += (ref.exp() * (ref - cur)).sum(-1)[real].sum().item()
-        kl_n += int(real.sum())
-        # Perplexity of the response: positions from the end of the user turn to the last token.
-        steps = torch.arange(ids.shape[1] - 1, device=device)[None, :]
-        lengths = mask.sum(1, keepdim=True)
-        resp = (steps >= batch["positions"].to(device)) & (steps < lengths - 1)
-        target = ids[:, 1:]
-        for name, logp in (("base", ref), ("seer", cur)):
-            token_nll = -logp[:, :-1].gather(-1, target[..., None])[..., 0]
-            nll[name] += token_nll[resp].sum().item()
-        nll_n += int(resp.sum())
-    return {
-        "kl_nats_per_token": kl_sum / max(kl_n, 1),
-        "ppl_base": float(np.exp(nll["base"] / max(nll_n, 1))),
-        "ppl_seer": float(np.exp(nll["seer"] / max(nll_n, 1))),
-        "n_texts": len(texts),
-        "n_tokens": kl_n,
-    }
 
 
 def _scores(
@@ -90,6 +54,89 @@ def _scores(
     return out
 
 
+def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
+    """The run's ``train`` / ``calibration`` / ``test`` rows, and whether it has a calibration
+    split. A run trained before the three-way split has none: its test rows stand in (the
+    figures are then fitted and reported on the same rows, and labelled so)."""
+    has_calibration = (run.path / "split" / "calibration.jsonl").is_file()
+    rows = {"train": run.split("train"), "test": run.split("test")}
+    rows["calibration"] = run.split("calibration") if has_calibration else rows["test"]
+    if not has_calibration:
+        logger.warning(
+            "%s has no calibration split (trained before seer had one): temperatures, "
+            "thresholds and the best layer are fitted on the test rows they are reported on",
+            run.path,
+        )
+    return rows, has_calibration
+
+
+def _representations(
+    peft_model: Any,
+    tokenizer: Any,
+    rows: dict[str, list[dict]],
+    layers: list[int],
+    progress: bool,
+    run: Any,
+    **kw: Any,
+) -> dict:
+    reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    layer = run.layer
+    for name in ("base", "seer"):
+        ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
+        with ctx:
+            # issue 19: a centered run's readout, the base model read around its own mean
+            center = run.center
+            if center is not None and name == "base":
+                center = estimate_center(peft_model, tokenizer, rows["train"], layer, **kw)
+            reps[name] = {
+                split: representations(
+                    peft_model,
+                    tokenizer,
+                    part,
+                    layers,
+                    progress=f"{name} {split}" if progress else False,
+                    centers={layer: center},
+                    **kw,
+                )
+                for split, part in rows.items()
+                if part is not rows["test"] or split == "test"
+            }
+        reps[name].setdefault("calibration", reps[name]["test"])
+    return reps
+
+
+def _monitoring(
+    run: Any,
+    reps: dict,
+    rows: dict[str, list[dict]],
+    layer: int,
+    best: int | None,
+    fitted_on: str,
+    seed: int,
+) -> dict:
+    """Readout metrics for base and SEER, the external probes, and their comparison."""
+    labels = {s: [r["concept"] for r in part] for s, part in rows.items()}
+    names = run.concepts
+    index = {n: i for i, n in enumerate(names)}
+    targets = {s: np.array([index[c] for c in ys]) for s, ys in labels.items()}
+    at = {s: reps["seer"][s][layer] for s in rows}
+    base_at = {s: reps["base"][s][layer] for s in rows}
+    base_names, base_protos, base_fit = base_calibration(base_at, labels, fitted_on)
+    if base_names != names:
+        raise SeerError(f"{run.path}: the training split lacks some of the concepts {names}")
+    layers = {"run": layer} if best is None else {"run": layer, "best": best}
+    probes = external_probes(reps["base"], targets, names, layers, seed)
+    seer = readout_metrics(at, targets, names, run.prototypes.numpy(), run.calibration)
+    return {
+        "fitted_on": fitted_on,
+        "base_readout": readout_metrics(base_at, targets, names, base_protos, base_fit),
+        "seer_readout": seer,
+        "probes": probes,
+        "comparison": compare(seer, probes, names),
+        "base_prototypes": base_protos,
+    }
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -98,16 +145,23 @@ def evaluate(
     n_generations: int = 3,
     batch_size: int = 16,
     progress: bool = True,
+    faithfulness_texts: int = 64,
+    faithfulness_draws: int = 4,
     model: Any = None,
     tokenizer: Any = None,
 ) -> dict:
-    """Evaluate a run; writes ``DIR/eval/metrics.json`` (and a report) and returns the metrics."""
+    """Evaluate a run; writes ``DIR/eval/metrics.json`` (and a report) and returns the metrics.
+
+    Every figure is measured on the test split; everything fitted (prototypes and probes on
+    train; temperatures, thresholds, the best layer on calibration) sees no test row, except
+    for runs without a calibration split (``metrics["run"]["calibration_split"]`` is false).
+    """
     started = time.time()
     run, peft_model, tokenizer = load_trained(run_dir, model=model, tokenizer=tokenizer)
     cfg, layer, positions = run.config, run.layer, run.positions
-    train_rows, test_rows = run.split("train"), run.split("test")
-    y_train = [r["concept"] for r in train_rows]
-    y_test = [r["concept"] for r in test_rows]
+    rows, has_calibration = run_splits(run)
+    fitted_on = "calibration" if has_calibration else "test (no calibration split)"
+    y = {s: [r["concept"] for r in part] for s, part in rows.items()}
     layers = list(range(run.meta["n_layers"])) if sweep else [layer]
     kw = dict(
         positions=positions,
@@ -115,40 +169,39 @@ def evaluate(
         max_length=cfg["max_length"],
         layers_path=cfg["layers_path"],
     )
-    reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    for name in ("base", "seer"):
-        ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
-        with ctx:
-            # issue 19: a centered run's readout, the base model read around its own mean
-            center = run.center
-            if center is not None and name == "base":
-                center = estimate_center(peft_model, tokenizer, train_rows, layer, **kw)
-            reps[name] = {
-                split: representations(
-                    peft_model,
-                    tokenizer,
-                    rows,
-                    layers,
-                    progress=f"{name} {split}" if progress else False,
-                    centers={layer: center},
-                    **kw,
-                )
-                for split, rows in (("train", train_rows), ("test", test_rows))
-            }
+    reps = _representations(peft_model, tokenizer, rows, layers, progress, run, **kw)
     seed = int(cfg["seed"])
     metrics: dict[str, Any] = {
         "base": _scores(
-            reps["base"]["train"][layer], y_train, reps["base"]["test"][layer], y_test, None, seed
+            reps["base"]["train"][layer],
+            y["train"],
+            reps["base"]["test"][layer],
+            y["test"],
+            None,
+            seed,
         ),
         "seer": _scores(
             reps["seer"]["train"][layer],
-            y_train,
+            y["train"],
             reps["seer"]["test"][layer],
-            y_test,
+            y["test"],
             (run.concepts, run.prototypes.numpy()),
             seed,
         ),
     }
+    best = None
+    if sweep:
+        best, by_layer = best_layer(
+            reps["base"]["train"], y["train"], reps["base"]["calibration"], y["calibration"]
+        )
+        metrics["base_best_layer"] = {"layer": best, "calibration_accuracy": by_layer}
+    monitoring = _monitoring(run, reps, rows, layer, best, fitted_on, seed)
+    base_protos = monitoring.pop("base_prototypes")
+    metrics["monitoring"] = monitoring
+    metrics["faithfulness"] = _faithfulness(
+        peft_model, tokenizer, run, rows["test"], base_protos, faithfulness_texts,
+        faithfulness_draws, progress, cfg,
+    )  # fmt: skip
     with peft_model.disable_adapter():
         general = general_text(
             peft_model, tokenizer, run.meta["base_fingerprint"], split="evaluation"
@@ -156,35 +209,63 @@ def evaluate(
     metrics["retention"] = retention(peft_model, tokenizer, general, max_length=cfg["max_length"])
     if sweep:
         metrics["layer_sweep"] = {
-            name: layer_sweep(reps[name]["train"], y_train, reps[name]["test"], y_test)
+            name: layer_sweep(reps[name]["train"], y["train"], reps[name]["test"], y["test"])
             for name in tqdm(("base", "seer"), desc="layer sweep", disable=not progress)
         }
-    generations = []
-    if n_generations:
-        prompts = [g["prompt"] for g in general[:n_generations]]
-        with peft_model.disable_adapter():
-            base_replies = generate_replies(peft_model, tokenizer, prompts, max_new_tokens=48)
-        seer_replies = generate_replies(peft_model, tokenizer, prompts, max_new_tokens=48)
-        generations = [
-            {"prompt": p, "base": b, "seer": s}
-            for p, b, s in zip(prompts, base_replies, seer_replies, strict=True)
-        ]
-    metrics["generations"] = generations
+    metrics["generations"] = generations(peft_model, tokenizer, general, n_generations)
     metrics["run"] = {
         "path": str(run.path),
         "layer": layer,
         "positions": list(positions),
         "concepts": run.concepts,
-        "n_train": len(train_rows),
-        "n_test": len(test_rows),
+        "n_train": len(rows["train"]),
+        "n_calibration": len(rows["calibration"]) if has_calibration else 0,
+        "n_test": len(rows["test"]),
+        "calibration_split": has_calibration,
+        "fitted_on": fitted_on,
         "seconds": round(time.time() - started, 1),
     }
     out_dir = run.path / "eval"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "metrics.json").write_text(strict_json.dumps(metrics, indent=2), encoding="utf-8")
     if figures:
-        _write_report(out_dir, metrics, reps, y_test, layer)
+        _write_report(out_dir, metrics, reps, y["test"], layer)
     return metrics
+
+
+def _faithfulness(
+    peft_model: Any,
+    tokenizer: Any,
+    run: Any,
+    test_rows: list[dict],
+    base_protos: np.ndarray,
+    n_texts: int,
+    n_draws: int,
+    progress: bool,
+    cfg: dict,
+) -> dict:
+    """Projection KL on a seeded subset of ``n_texts`` test rows, base and SEER."""
+    if n_texts <= 0 or n_draws <= 0:
+        return {}
+    rng = np.random.default_rng(int(cfg["seed"]))
+    pick = sorted(rng.choice(len(test_rows), min(n_texts, len(test_rows)), replace=False))
+    subset = [test_rows[i] for i in pick]
+    kw = dict(
+        n_draws=n_draws,
+        seed=int(cfg["seed"]),
+        max_length=cfg["max_length"],
+        layers_path=cfg["layers_path"],
+    )
+    with peft_model.disable_adapter():
+        base = faithfulness(
+            peft_model, tokenizer, subset, run.layer, base_protos,
+            progress="faithfulness base" if progress else False, **kw,
+        )  # fmt: skip
+    seer = faithfulness(
+        peft_model, tokenizer, subset, run.layer, run.prototypes.numpy(),
+        progress="faithfulness seer" if progress else False, **kw,
+    )  # fmt: skip
+    return {"base": base, "seer": seer}
 
 
 def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], layer: int) -> None:
@@ -208,4 +289,5 @@ def _write_report(out_dir: Path, metrics: dict, reps: dict, y_test: list[str], l
             f"{name}: nearest prototype",
         )
         figs[f"Confusion matrix ({name})"] = f"confusion_{name}.png"
+    figs.update(monitoring_figures(metrics, out_dir))
     report.write_report(out_dir, metrics, figs, metrics.get("generations"))

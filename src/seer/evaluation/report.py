@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from seer.evaluation.figures import pyplot, save_figure
+from seer.evaluation.monitor_report import monitoring_sections
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +223,8 @@ def _retention_section(metrics: Mapping) -> list[str]:
 
 
 def _ot_section(metrics: Mapping) -> list[str]:
-    models = {m: _lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
-    models = {m: p for m, p in models.items() if isinstance(p, list) and p}
+    found = {m: _lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
+    models: dict[str, list] = {m: p for m, p in found.items() if isinstance(p, list) and p}
     if not models:
         return []
     merged: dict[tuple[str, str], dict[str, Mapping]] = {}
@@ -285,6 +286,7 @@ def write_report(
         lines += ["## Run", "", *run, ""]
     for section in (
         _metric_section(metrics),
+        monitoring_sections(metrics),
         _retention_section(metrics),
         _ot_section(metrics),
         _figure_section(figures),

@@ -37,12 +37,16 @@ def base_settings(
     }
 
 
+# A base.json written before a setting was recorded was made with its default.
+_DEFAULTS = {"refusal_rule": "strict"}
+
 _SETTING_NAMES = {
     "max_new_tokens": "--max-new-tokens",
     "bt_prompts": "the BT prompts (--harmful, --limit, --seed)",
     "xst_prompts": "the XSTest prompts (--xstest, --limit, --seed)",
     "judge_data": "--judge-data",
     "base_fingerprint": "the base model",
+    "refusal_rule": "--refusal-rule",
 }
 
 
@@ -62,7 +66,7 @@ def reusable_base(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None
     differ = [
         name if key != "max_new_tokens" else f"{name} {made.get(key)} (now {settings[key]})"
         for key, name in _SETTING_NAMES.items()
-        if made.get(key) != settings[key]
+        if key in settings and made.get(key, _DEFAULTS.get(key)) != settings[key]
     ]
     if differ:
         raise SeerError(

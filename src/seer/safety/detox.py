@@ -34,7 +34,7 @@ from seer.inference.explainer import Explainer, Generation, Monitor
 from seer.inference.monitor import replay
 from seer.safety.baseline import base_settings, reusable_base
 from seer.safety.judge import HarmJudge, check_judge_data, safe_mask, train_judge
-from seer.safety.refusal import is_refusal
+from seer.safety.refusal import refusal_rule as get_refusal_rule
 from seer.safety.tradeoff import plot_tradeoff, stop_curve
 from seer.training.retain import general_text
 
@@ -181,7 +181,9 @@ class _Evaluation:
         judge: Any,
         out_dir: Path,
         settings: dict[str, Any],
+        refusal_rule: str = "strict",
     ) -> None:
+        self.refusal_rule, self.is_refusal = refusal_rule, get_refusal_rule(refusal_rule)
         self.explainer, self.judge, self.out_dir = explainer, judge, out_dir
         self.bt, self.xst, self.settings = bt, xst, settings
         model: Any = explainer.model  # a PeftModel
@@ -210,11 +212,12 @@ class _Evaluation:
         """Score one variant, write ``<name>.json`` and ``<name>_replies.jsonl``; returns
         which BT replies are safe and which XST replies are refusals."""
         bt, xst = self.bt, self.xst
-        safe = safe_mask(bt, bt_gen.replies, self.judge)
-        refused = [is_refusal(r) for r in xst_gen.replies]
+        safe = safe_mask(bt, bt_gen.replies, self.judge, self.is_refusal)
+        refused = [self.is_refusal(r) for r in xst_gen.replies]
         entry: dict[str, Any] = {
             "BT": float(safe.mean()),
-            "BT_refusal": float(sum(is_refusal(r) for r in bt_gen.replies) / len(bt)),
+            "BT_refusal": float(sum(map(self.is_refusal, bt_gen.replies)) / len(bt)),
+            "refusal_rule": self.refusal_rule,
             "XST": float(sum(refused) / len(xst)),
             "degenerate_bt": sum(map(is_degenerate, bt_gen.replies)) / len(bt),
             "degenerate_xst": sum(map(is_degenerate, xst_gen.replies)) / len(xst),
@@ -312,8 +315,10 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     unsafe concept, the stop monitor's trade-off at every threshold (``stop_curve.json`` and
     ``.png``, from the plain pass watched in shadow mode and its replies' final
     explanations). With ``skip_base``, an earlier ``base.json`` made with the same settings
-    is shown instead. Every input is checked before anything is written. Returns the
-    results."""
+    is shown instead. Every input is checked before anything is written. ``refusal_rule``
+    counts refusals (XST, and BT replies safe without the judge): ``strict`` (a refusal phrase
+    opens the reply) or ``paper`` (the SEER authors' substrings anywhere,
+    :mod:`seer.safety.refusal`). Returns the results."""
     started = time.time()
     concept = config.monitor.concept or "unsafe"
     monitors = config.monitor.monitors(concept=concept, towards="safe")
@@ -324,7 +329,7 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     out_dir = explainer.run.path / "detox"
     settings = base_settings(
         bt, xst, config.judge_data, config.max_new_tokens, explainer.run.meta["base_fingerprint"]
-    )
+    ) | {"refusal_rule": config.refusal_rule}  # the base scores count refusals by it
     base = reusable_base(out_dir / "base.json", settings) if config.skip_base else None
     # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
     watch = None
@@ -332,7 +337,7 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
         watch = Monitor(concept, threshold=1.0, mode="watch")
     out_dir.mkdir(exist_ok=True)
     judge = _judge(config.judge_data, excluded, out_dir / "judge.json", progress)
-    ev = _Evaluation(explainer, bt, xst, judge, out_dir, settings)
+    ev = _Evaluation(explainer, bt, xst, judge, out_dir, settings, config.refusal_rule)
     ev.target = config.target
     n = config.max_new_tokens
     if base is not None:

@@ -76,6 +76,13 @@ class TrainConfig:
     response_column: str | None = _f("response", "column holding the assistant turn (optional)")
     max_per_concept: int | None = _f(None, "keep at most this many examples per concept (seeded)")
     test_fraction: float = _f(0.2, "share of each concept held out for evaluation")
+    calibration_fraction: float = _f(
+        0.2,
+        "share of each concept (taken from training) that fits the probability temperature, the "
+        "'none' threshold and monitor thresholds, never trained or reported on; at least 1 row "
+        "per concept; the test rows are those of a two-way split with the same "
+        "--test-fraction (why this default: README, 'Three splits')",
+    )
     exclude_prompts_from: str | None = _f(
         None,
         "CSV/JSONL whose 'prompt' column lists prompts to drop from the concept data (e.g. an "
@@ -225,6 +232,11 @@ class TrainConfig:
         if not 0 < self.test_fraction < 1:
             raise SeerError(
                 f"--test-fraction must be between 0 and 1 (e.g. 0.2), got {self.test_fraction}"
+            )
+        if not 0 < self.calibration_fraction < 1 - self.test_fraction:
+            raise SeerError(
+                f"--calibration-fraction must be > 0 and leave rows to train on (below 1 - "
+                f"--test-fraction = {1 - self.test_fraction:g}), got {self.calibration_fraction}"
             )
         if self.max_per_concept is not None and self.max_per_concept < 2:
             raise SeerError(f"--max-per-concept must be at least 2, got {self.max_per_concept}")

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seer.core.data import load_concepts, load_prompts, read_jsonl, split_examples, write_jsonl
+from seer.core.data import load_concepts, load_prompts, read_jsonl, split_three, write_jsonl
 from seer.core.folders import claim_output
 from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
 from seer.core.normalise import state_mean
 from seer.core.represent import from_raw, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.errors import SeerError
-from seer.evaluation.calibration import calibrate
+from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
 from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
 from seer.training.config import TrainConfig
@@ -33,16 +33,19 @@ __all__ = ["build_trainer", "default_layer", "train"]
 
 logger = logging.getLogger(__name__)
 
+SPLITS = ("train", "calibration", "test")
+
 
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
-def _prepare_data(config: TrainConfig, partial: Path) -> tuple[list[dict], list[dict]]:
+def _prepare_data(config: TrainConfig, partial: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, calibration, test)`` rows: read back on --resume, else split afresh."""
     split_dir = partial / "split"
-    if config.resume and (split_dir / "train.jsonl").is_file():
-        return read_jsonl(split_dir / "train.jsonl"), read_jsonl(split_dir / "test.jsonl")
+    if config.resume and (split_dir / "calibration.jsonl").is_file():
+        return tuple(read_jsonl(split_dir / f"{n}.jsonl") for n in SPLITS)  # type: ignore[return-value]
     examples = load_concepts(
         config.data,
         config.concept_column,
@@ -54,7 +57,7 @@ def _prepare_data(config: TrainConfig, partial: Path) -> tuple[list[dict], list[
         if config.exclude_prompts_from
         else (),
     )
-    return split_examples(examples, config.test_fraction, config.seed)
+    return split_three(examples, config.test_fraction, config.calibration_fraction, config.seed)
 
 
 def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -> None:
@@ -76,15 +79,15 @@ def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -
         path.write_text(json.dumps(mine, indent=2), encoding="utf-8")
 
 
-def _start_folder(config: TrainConfig, partial: Path, rows: tuple[list, list]) -> None:
+def _start_folder(config: TrainConfig, partial: Path, rows: tuple[list, list, list]) -> None:
     """Create (or, resuming, keep) the partial run folder with the config and the split."""
     if config.overwrite and not config.resume and partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     _check_same_config(config, partial)
     (partial / "split").mkdir(exist_ok=True)
-    write_jsonl(partial / "split" / "train.jsonl", rows[0])
-    write_jsonl(partial / "split" / "test.jsonl", rows[1])
+    for name, split in zip(SPLITS, rows, strict=True):
+        write_jsonl(partial / "split" / f"{name}.jsonl", split)
 
 
 def _retain_text(config: TrainConfig, model, tokenizer, base_fingerprint: str) -> list[dict]:
@@ -114,7 +117,8 @@ def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
 
 
 def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progress: bool):
-    """Prototypes from the training split, calibration on the held-out split; for the
+    """Prototypes from the training split (``rows[0]``); the temperature and the ``none``
+    threshold from the calibration split (``rows[1]``) only, never the test split; for the
     'centered' representation, around the trained model's mean state on the training split
     (issue 19), returned as the fourth item (None for 'raw')."""
 
@@ -137,8 +141,19 @@ def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progres
         center = state_mean(torch.from_numpy(raw_train).reshape(len(raw_train), n_pos, -1))
     concepts = [r["concept"] for r in rows[0]]
     names, protos = compute_prototypes(from_raw(raw_train, n_pos, center), concepts)
-    test = reps(rows[1], "calibration", centers={trainer.layer: center})
-    calibration = calibrate(test, [r["concept"] for r in rows[1]], names, protos)
+    calibration = fit_calibration(
+        trainer.model,
+        tokenizer,
+        rows[1],
+        names,
+        protos,
+        layer=trainer.layer,
+        positions=config.positions,
+        max_length=config.max_length,
+        layers_path=config.layers_path,
+        progress=progress,
+        center=center,
+    )
     return names, protos, calibration, center
 
 
@@ -177,7 +192,8 @@ def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> Non
         "train": {
             "steps": trainer.state.global_step,
             "examples": len(rows[0]),
-            "held_out": len(rows[1]),
+            "calibration": len(rows[1]),
+            "held_out": len(rows[2]),
             "pairs": len(trainer.train_dataset),
             "seconds": round(clock.seconds, 1),  # every process's, across --resume
             "train_loss": train_loss,
@@ -240,9 +256,10 @@ def _train(
     config.max_length = clamp_max_length(model, config.max_length)  # config.json keeps the asked
     base_fingerprint = fingerprint(model)
     logger.info(
-        "%d training and %d held-out examples, %d concepts",
+        "%d training, %d calibration and %d test examples, %d concepts",
         len(rows[0]),
         len(rows[1]),
+        len(rows[2]),
         len({row["concept"] for row in rows[0]}),
     )
     retain = _retain_text(config, model, tokenizer, base_fingerprint)
