@@ -16,10 +16,9 @@ def _interrupted(_signum: int, _frame: object) -> None:
 
 
 def run() -> None:
-    previous = signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)  # until the command line is parsed
     from seer.cli import main
 
-    signal.signal(signal.SIGINT, previous)
     sys.exit(main())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt as exc:  # while starting: one line too
         return _interrupted(exc)
+    _started()
     if (bad := _not_utf8(args)) is not None:
         print(f"seer: error: {bad}", file=sys.stderr)
         return 2
@@ -112,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         return _interrupted(exc)
+    except ImportError as exc:  # Ctrl-C inside a C extension's import surfaces as this
+        if args.debug or not isinstance(exc.__context__, KeyboardInterrupt):
+            raise
+        return _interrupted(exc.__context__)
+
+
+def _started() -> None:
+    """Hand Ctrl-C back to Python once the command line is parsed: ``seer.__main__`` exits
+    at once on Ctrl-C while the parser's modules are imported."""
+    if getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "seer.__main__":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
