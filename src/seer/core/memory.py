@@ -40,7 +40,7 @@ GIB = 2**30
 OVERHEAD = 1.15  # allocator fragmentation and short-lived copies, from the bench's measurements
 # The default budget: this share of the memory free at start, leaving room for the estimate's
 # error and for whatever else the machine runs meanwhile.
-FREE_SHARE = 0.8
+FREE_SHARE = 0.5
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ class TrainConfig:
         None,
         "GiB a training step may use; gradient checkpointing turns on when the estimated peak "
         "of the largest batch exceeds it, and training refuses to start when even that does "
-        "not fit. None: 80 percent of the memory the machine (or the GPU) has free at start",
+        "not fit. None: half the memory the machine (or the GPU) has free at start",
     )
     gradient_checkpointing: bool = _f(
         False,
