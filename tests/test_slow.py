@@ -66,7 +66,8 @@ def test_train_writes_a_complete_run(trained):
     meta = json.loads((trained / "seer.json").read_text())
     assert meta["layer"] == 14 and meta["n_layers"] == 30
     assert len(meta["concepts"]) == 6
-    assert meta["train"]["steps"] == 3  # 24 training examples x 0.5 epoch / 4 pairs
+    # 18 training rows (3 a concept: the rest is calibration and test) x 0.5 epoch / 4 pairs
+    assert meta["train"]["steps"] == 2 and meta["train"]["examples"] == 18
     assert (trained / "adapter" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
     assert any("contrastive" in entry for entry in log)
