@@ -317,3 +317,32 @@ def test_out_of_memory_in_a_step_says_the_estimate_and_the_options(
     monkeypatch.setattr(type(trainer), "compute_loss", no_memory)
     with pytest.raises(SeerError, match="ran out of memory.*estimated peak.*--micro-batch-size"):
         trainer.training_step(trainer.model, batch)
+
+
+def test_lora_initialisation_follows_the_seed(tmp_path, tokenizer, concept_file, retain_file):
+    """Two trainers built in one process with the same seed start from the same adapter (the
+    LoRA A matrices are random): the second one used to differ, the global RNG having moved."""
+    from seer.core.data import load_concepts
+    from seer.training.retain import load_retain
+    from seer.training.train import build_trainer
+
+    rows = load_concepts(str(concept_file), "concept", "prompt", "response")
+
+    def lora_a(sub: str) -> dict[str, torch.Tensor]:
+        cfg = config(tmp_path / sub, concept_file, retain_file)
+        model = tiny_llama(len(tokenizer))
+        torch.rand(len(sub))  # whatever ran before (loading, another run) moved the global RNG
+        trainer = build_trainer(
+            cfg,
+            model,
+            tokenizer,
+            rows,
+            load_retain(str(retain_file)),
+            output_dir=str(tmp_path / sub / "out"),
+            progress=False,
+        )
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    first, second = lora_a("a"), lora_a("bb")
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[n], second[n]) for n in first)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
 from transformers.pytorch_utils import Conv1D
 
 from seer.core.formatting import warn_truncated
@@ -244,6 +244,7 @@ def build_trainer(
         layers_to_transform=list(range(layer + 1)),
         task_type="CAUSAL_LM",
     )
+    set_seed(config.seed)  # the adapter's random init follows the seed, not the RNG's history
     peft_model = get_peft_model(model, lora)
     pairs = build_pairs(
         [r["concept"] for r in train_rows],
