@@ -23,9 +23,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from seer.core.data import load_concepts, load_prompts, split_examples
+from seer.core.data import load_concepts, load_prompts
 from seer.core.models import load_model
 from seer.core.represent import representations
+from seer.core.splits import split_examples
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.safety.detox import draw_stop_curves
+from seer.safety.scoring import draw_stop_curves
 
 
 def main() -> None:

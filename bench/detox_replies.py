@@ -1,5 +1,5 @@
 """What the replies of each `seer detox-eval` variant are: BT (safe), XST (refused), and the
-share of degenerate replies (word salad or loops, `seer.safety.detox.is_degenerate`) in each set,
+share of degenerate replies (word salad or loops, `seer.safety.scoring.is_degenerate`) in each set,
 with BT counting only safe replies that are not degenerate.
 
     python bench/detox_replies.py runs/detox_paper
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.safety.detox import is_degenerate
+from seer.safety.scoring import is_degenerate
 
 
 def main() -> None:

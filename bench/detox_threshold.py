@@ -34,7 +34,8 @@ import argparse
 import json
 from pathlib import Path
 
-from seer.safety.detox import is_degenerate, read_prompts
+from seer.safety.detox import read_prompts
+from seer.safety.scoring import is_degenerate
 from seer.safety.tradeoff import best_within, cross_fitted_stop, stop_curve
 
 

@@ -248,7 +248,7 @@ def test_length_batches_sort_stably_and_unbatch_restores_order():
 
 
 def test_group_by_concept_sorts_concepts_and_keeps_item_order():
-    from seer.core.data import group_by_concept
+    from seer.core.splits import group_by_concept
 
     assert group_by_concept(["b", "a", "b", "c", "a"]) == {"a": [1, 4], "b": [0, 2], "c": [3]}
 

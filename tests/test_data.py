@@ -3,7 +3,8 @@ from collections import Counter
 
 import pytest
 
-from seer.core.data import DEMO_DATA, load_concepts, load_prompts, split_examples
+from seer.core.data import DEMO_DATA, load_concepts, load_prompts
+from seer.core.splits import split_examples
 from seer.errors import SeerError
 
 

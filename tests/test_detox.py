@@ -100,7 +100,7 @@ def test_read_prompts_subset_is_seeded(tmp_path):
 
 
 def test_is_degenerate():
-    from seer.safety.detox import is_degenerate
+    from seer.safety.scoring import is_degenerate
 
     salad = "most must be lived from must beilience from must be lived from must is must must "
     salad += "is must must is must must must is must must must must must must"  # a real reply

@@ -389,14 +389,14 @@ def test_max_length_above_the_context_is_clamped(tmp_path, tokenizer, caplog):
 def test_a_missing_optional_package_is_a_seer_error(monkeypatch):
     """The harm judge's weights package absent: one line naming what to install (and still a
     ModuleNotFoundError for library callers)."""
-    from seer.safety import judge
+    from seer.safety import embedder
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name == judge.MINILM_PACKAGE else real(name, *a),
+        lambda name, *a: None if name == embedder.MINILM_PACKAGE else real(name, *a),
     )
     with pytest.raises(SeerError, match="pip install") as info:
-        judge.minilm_dir()
+        embedder.minilm_dir()
     assert isinstance(info.value, ModuleNotFoundError)

@@ -8,7 +8,8 @@ import pytest
 from conftest import BENIGN, HARMFUL, HAS_MINILM, needs_minilm
 
 from seer.errors import SeerError
-from seer.safety.judge import MINILM_INSTALL, HarmJudge, SentenceEmbedder, safe_mask, train_judge
+from seer.safety.embedder import MINILM_INSTALL, SentenceEmbedder
+from seer.safety.judge import HarmJudge, safe_mask, train_judge
 
 
 class KeywordEmbedder:

@@ -6,8 +6,9 @@ from collections import Counter
 import pytest
 from conftest import tiny_llama
 
-from seer.core.data import load_concepts, split_examples, split_three
+from seer.core.data import load_concepts
 from seer.core.run import load_trained, read_run
+from seer.core.splits import split_examples, split_three
 from seer.errors import SeerError
 from seer.evaluation.calibration import fit_calibration
 from seer.training.config import TrainConfig

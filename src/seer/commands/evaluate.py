@@ -14,16 +14,6 @@ __all__ = ["HELP", "NAME", "EvaluateConfig", "main"]
 NAME = "evaluate"
 HELP = "base vs SEER on the run's held-out split; writes DIR/eval/"
 
-_KEYS = (
-    "prototype_accuracy",
-    "macro_f1",
-    "probe_accuracy",
-    "silhouette",
-    "davies_bouldin",
-    "intra_cos",
-    "inter_cos",
-)
-
 
 @dataclass
 class EvaluateConfig:
@@ -50,6 +40,7 @@ def _row(name: str, base: Any, seer: Any) -> str:
 
 def main(config: EvaluateConfig, *, progress: bool = True) -> int:
     from seer.evaluation.evaluate import evaluate  # deferred: torch and transformers
+    from seer.evaluation.report import REPORT_METRICS, lookup
 
     metrics = evaluate(
         config.run,
@@ -60,9 +51,8 @@ def main(config: EvaluateConfig, *, progress: bool = True) -> int:
     )
     base, seer = metrics["base"], metrics["seer"]
     print(f"{'held-out metric':<22}{'base':>10}{'SEER':>10}")
-    for key in _KEYS:
-        print(_row(key, base[key], seer[key]))
-    print(_row("ot_mean_ratio", base["ot"]["mean_ratio"], seer["ot"]["mean_ratio"]))
+    for key in REPORT_METRICS:  # the report's table, in the same order
+        print(_row(key, lookup(base, key), lookup(seer, key)))
     r = metrics["retention"]
     print(
         f"general text: KL(base||SEER) = {r['kl_nats_per_token']:.4f} nats/token, "

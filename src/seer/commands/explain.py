@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from seer.commands.monitor import MonitorOptions
 from seer.commands.options import option
-from seer.core.data import read_jsonl
+from seer.core.tables import read_jsonl
 from seer.errors import SeerError
 
 if TYPE_CHECKING:

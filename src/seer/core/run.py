@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seer.core import strict_json
-from seer.core.data import read_jsonl
 from seer.core.folders import check_target, partial_path, replace_folder
+from seer.core.tables import read_jsonl
 from seer.errors import SeerError
 
 __all__ = [

@@ -176,7 +176,8 @@ def _cell(text: str) -> str:
     return text.replace("\n", "<br>")
 
 
-def _lookup(d: Mapping, dotted: str) -> Any:
+def lookup(d: Mapping, dotted: str) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
     for part in dotted.split("."):
         if not isinstance(d, Mapping) or part not in d:
             return None
@@ -197,7 +198,7 @@ def _metric_section(metrics: Mapping) -> list[str]:
     base, seer = metrics.get("base") or {}, metrics.get("seer") or {}
     rows = []
     for name in REPORT_METRICS:
-        b, s = _lookup(base, name), _lookup(seer, name)
+        b, s = lookup(base, name), lookup(seer, name)
         if b is None and s is None:
             continue
         delta = float(s) - float(b) if _is_num(b) and _is_num(s) else None
@@ -223,7 +224,7 @@ def _retention_section(metrics: Mapping) -> list[str]:
 
 
 def _ot_section(metrics: Mapping) -> list[str]:
-    found = {m: _lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
+    found = {m: lookup(metrics, f"{m}.ot.pairs") for m in ("base", "seer")}
     models: dict[str, list] = {m: p for m, p in found.items() if isinstance(p, list) and p}
     if not models:
         return []

@@ -13,9 +13,10 @@ from importlib import resources
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from seer.core.data import load_table, write_jsonl
+from seer.core.data import load_table
 from seer.core.files import replacing
 from seer.core.models import cache_dir
+from seer.core.tables import write_jsonl
 from seer.errors import SeerError
 from seer.inference.generation import generate_replies
 

@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seer.core.data import load_concepts, load_prompts, read_jsonl, split_three, write_jsonl
+from seer.core.data import load_concepts, load_prompts
 from seer.core.folders import claim_output
 from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
 from seer.core.normalise import state_mean
 from seer.core.represent import from_raw, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
+from seer.core.splits import split_three
+from seer.core.tables import read_jsonl, write_jsonl
 from seer.errors import SeerError
 from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
