@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -102,11 +104,19 @@ class _ChunkedKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, reference, weight, bias, softcap, chunk):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        reference: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        softcap: float | None,
+        chunk: int,
+    ) -> torch.Tensor:
         need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
@@ -136,7 +146,9 @@ class _ChunkedKL(torch.autograd.Function):
         return total / n
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor | None, None, None]:
         saved = iter(ctx.saved_tensors)
         scale = grad_out / ctx.n
         grads = [next(saved) * scale if present else None for present in ctx.present]

@@ -62,7 +62,7 @@ class Dims:
         """Read the dims off a (PEFT-wrapped) Hugging Face model."""
         config = model.config
         hidden = getattr(config, "hidden_size", None) or config.n_embd
-        heads: int = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+        heads: int = getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1)
         inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
         attention = getattr(config, "_attn_implementation", "eager") or "eager"
         param = next(p for p in model.parameters())

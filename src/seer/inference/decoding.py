@@ -38,6 +38,11 @@ def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _model_type(model: Any) -> type:
+    """The class of the (PEFT-unwrapped) model, the key of :func:`_parameters`'s cache."""
+    return type(_base(model))
+
+
 @functools.lru_cache(maxsize=16)
 def _parameters(model_type: Any) -> frozenset[str]:
     return frozenset(inspect.signature(model_type.forward).parameters)
@@ -46,7 +51,7 @@ def _parameters(model_type: Any) -> frozenset[str]:
 def cache_kwarg(model: nn.Module) -> str:
     """The forward argument taking a KV cache: ``cache`` in newer transformers, else
     ``past_key_values``."""
-    return "cache" if "cache" in _parameters(type(_base(model))) else "past_key_values"
+    return "cache" if "cache" in _parameters(_model_type(model)) else "past_key_values"
 
 
 def forward(
@@ -58,7 +63,7 @@ def forward(
 ) -> Any:
     """One forward pass that extends ``cache`` and keeps only the last position's logits."""
     kwargs: dict[str, Any] = {cache_kwarg(model): cache}
-    if "logits_to_keep" in _parameters(type(_base(model))):
+    if "logits_to_keep" in _parameters(_model_type(model)):
         kwargs["logits_to_keep"] = 1
     return model(
         input_ids=input_ids,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -154,7 +154,9 @@ def plan_memory(
     return plan
 
 
-def _over_budget(config: TrainConfig, plan: MemoryPlan, micro: int, worst, kl: bool) -> str:
+def _over_budget(
+    config: TrainConfig, plan: MemoryPlan, micro: int, worst: Callable[..., int], kl: bool
+) -> str:
     options = []
     rows = micro // 2
     while rows >= 1:
@@ -194,7 +196,9 @@ def refuse_fsdp(trainer: SeerTrainer | None = None) -> None:
         raise SeerError(FSDP_REFUSAL)
 
 
-def _arguments(config: TrainConfig, output_dir: str, lr: float, progress: bool, gc: bool):
+def _arguments(
+    config: TrainConfig, output_dir: str, lr: float, progress: bool, gc: bool
+) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=config.batch_size,

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 __all__ = ["HealthCallback", "chance_loss", "gradient_shares", "probe_steps"]
 
@@ -85,7 +85,14 @@ class HealthCallback(TrainerCallback):
         self.warnings.append(message)
         logger.warning("training health: %s", message)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
         if not logs or self.check_at <= 0 or state.max_steps <= 0:
             return
         if self._first is None and "contrastive" in logs:

@@ -11,12 +11,13 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from seer.core.formatting import Encoded, encode, pad_batch
+from seer.core.formatting import Encoded, Mode, encode, pad_batch
 
 __all__ = ["MODES", "PairCollator", "PairDataset", "build_pairs"]
 
@@ -62,7 +63,7 @@ def build_pairs(
     def mode(i: int) -> str:
         return rng.choices(MODES, weights=format_probs)[0] if has_response[i] else "prompt"
 
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for step, i in enumerate(order):
         others = [j for j in by_concept[concepts[i]] if j != i]
         pairs.append(
@@ -97,7 +98,7 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _encode(self, kind: str, index: int, mode: str) -> Encoded:
+    def _encode(self, kind: str, index: int, mode: Mode) -> Encoded:
         key = (kind, index, mode)
         if key not in self._cache:
             ex = (self.examples if kind == "concept" else self.retain)[index]

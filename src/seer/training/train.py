@@ -7,11 +7,14 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sized
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput
 
 from seer.core.data import load_concepts, load_prompts
 from seer.core.folders import claim_output
@@ -37,13 +40,17 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "calibration", "test")
 
+Rows = tuple[list[dict], list[dict], list[dict]]  # the train, calibration and test rows
+#: What :func:`_readout` returns: concept names, prototypes, calibration, center.
+Readout = tuple[list[str], np.ndarray, dict[str, Any], torch.Tensor | None]
+
 
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
-def _prepare_data(config: TrainConfig, partial: Path) -> tuple[list[dict], list[dict], list[dict]]:
+def _prepare_data(config: TrainConfig, partial: Path) -> Rows:
     """``(train, calibration, test)`` rows: read back on --resume, else split afresh."""
     split_dir = partial / "split"
     if config.resume and (split_dir / "calibration.jsonl").is_file():
@@ -92,7 +99,12 @@ def _start_folder(config: TrainConfig, partial: Path, rows: tuple[list, list, li
         write_jsonl(partial / "split" / f"{name}.jsonl", split)
 
 
-def _retain_text(config: TrainConfig, model, tokenizer, base_fingerprint: str) -> list[dict]:
+def _retain_text(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    base_fingerprint: str,
+) -> list[dict]:
     if config.retain_l2_weight <= 0:
         return []
     if config.retain_data:
@@ -100,7 +112,7 @@ def _retain_text(config: TrainConfig, model, tokenizer, base_fingerprint: str) -
     return general_text(model, tokenizer, base_fingerprint)
 
 
-def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
+def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path) -> TrainOutput:
     """``trainer.train()``, resumed from the last complete checkpoint with ``--resume``."""
     checkpoint = last_checkpoint(config.output) if config.resume else None  # complete ones only
     resume_from = str(checkpoint) if checkpoint else None
@@ -118,15 +130,23 @@ def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path):
     return result
 
 
-def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progress: bool):
+def _readout(
+    trainer: SeerTrainer,
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Rows,
+    progress: bool,
+) -> Readout:
     """Prototypes from the training split (``rows[0]``); the temperature and the ``none``
     threshold from the calibration split (``rows[1]``) only, never the test split; for the
     'centered' representation, around the trained model's mean state on the training split
     (issue 19), returned as the fourth item (None for 'raw')."""
+    model = trainer.model
+    assert model is not None  # the trained model
 
-    def reps(split: list[dict], what: str, **kw):
+    def reps(split: list[dict], what: str, **kw: Any) -> np.ndarray:
         return representations(
-            trainer.model,
+            model,
             tokenizer,
             split,
             [trainer.layer],
@@ -144,7 +164,7 @@ def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progres
     concepts = [r["concept"] for r in rows[0]]
     names, protos = compute_prototypes(from_raw(raw_train, n_pos, center), concepts)
     calibration = fit_calibration(
-        trainer.model,
+        model,
         tokenizer,
         rows[1],
         names,
@@ -159,9 +179,17 @@ def _readout(trainer: SeerTrainer, config: TrainConfig, tokenizer, rows, progres
     return names, protos, calibration, center
 
 
-def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> None:
+def _write_run(
+    trainer: SeerTrainer,
+    config: TrainConfig,
+    partial: Path,
+    rows: Rows,
+    readout: Readout,
+    info: dict[str, Any],
+) -> None:
     names, protos, calibration, center = readout
-    trainer.model.save_pretrained(str(partial / "adapter"))
+    peft_model: Any = trainer.model  # build_trainer's PeftModel: this writes the adapter
+    peft_model.save_pretrained(str(partial / "adapter"))
     clock: RunClock = info["clock"]
     checkpoint = last_checkpoint(config.output) if config.resume else None
     resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
@@ -196,7 +224,7 @@ def _write_run(trainer, config, partial: Path, rows, readout, info: dict) -> Non
             "examples": len(rows[0]),
             "calibration": len(rows[1]),
             "held_out": len(rows[2]),
-            "pairs": len(trainer.train_dataset),
+            "pairs": len(cast(Sized, trainer.train_dataset)),  # a PairDataset
             "seconds": round(clock.seconds, 1),  # every process's, across --resume
             "train_loss": train_loss,
         },
@@ -273,6 +301,7 @@ def _train(
     )
     trainer.add_callback(clock)
     result = _fit(trainer, config, partial)
+    assert trainer.model is not None  # build_trainer's PEFT model
     trainer.model.eval()
     if not main:  # the main process writes the run folder
         _barrier()

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ from seer.core.represent import normalise_states, pick_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
 from seer.training.gradcache import micro_batches, rng_state, set_rng_state
-from seer.training.health import gradient_shares
+from seer.training.health import HealthCallback, gradient_shares
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 
 __all__ = [
@@ -83,13 +84,15 @@ class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
     caching, the DDP gradient average), ``log`` and the sampler."""
 
+    health: HealthCallback  # set by build_trainer: the training-health check (issue 19)
+
     def __init__(
         self,
-        *args,
+        *args: Any,
         seer_config: TrainConfig,
         layer: int,
         gradient_probe_steps: frozenset[int] = frozenset(),
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
@@ -104,11 +107,12 @@ class SeerTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
         # The schedule is already shuffled (and concept-balanced) by build_pairs.
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return SequentialSampler(cast(Sized, dataset))  # a PairDataset, which has a length
 
     def _forward(
-        self, model: nn.Module, batch: dict[str, torch.Tensor], layers: list[int], full: bool
-    ):
+        self, model: Any, batch: dict[str, torch.Tensor], layers: list[int], full: bool
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Run ``model`` (a PeftModel) on a batch; record ``layers``. With ``full`` also return
         the final hidden states (after the final norm) at the real tokens only ``[n_real, H]``,
         for the chunked KL; otherwise stop after the deepest recorded layer."""
@@ -118,7 +122,7 @@ class SeerTrainer(Trainer):
         with capture_layers(
             model, layers, stop_after=not full, layers_path=cfg.layers_path
         ) as hidden:
-            out = run_until(
+            out: Any = run_until(  # the decoder's output: no hook stops it when full
                 decoder,
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -161,13 +165,14 @@ class SeerTrainer(Trainer):
         ``rng`` restores the random state of :meth:`_representations` (same LoRA dropout).
         """
         cfg, layer = self.seer_config, self.layer
-        v1, v2, retain = batch["view1"], batch["view2"], batch.get("retain")
-        use_kl, use_l2 = cfg.kl_weight > 0, cfg.retain_l2_weight > 0 and retain is not None
+        v1, v2, use_kl = batch["view1"], batch["view2"], cfg.kl_weight > 0
+        # the retain texts where the l2 term uses them, else None (no l2 term)
+        retain = batch.get("retain") if cfg.retain_l2_weight > 0 else None
         adapted = list(range(layer + 1))
         ref_hidden: dict[int, torch.Tensor] = {}
         ref_final: Any = None
         with torch.no_grad(), model.disable_adapter():
-            if use_l2:
+            if retain is not None:
                 ref_hidden, _ = self._forward(model, retain, adapted, full=False)
             if use_kl:
                 _, ref_final = self._forward(model, v1, [layer], full=True)
@@ -176,25 +181,26 @@ class SeerTrainer(Trainer):
         h1, final = self._forward(model, v1, [layer], full=use_kl)
         pad_id = getattr(self.processing_class, "pad_token_id", 0)
         n = v2["input_ids"].shape[0]
-        if use_l2 and counts is None:  # view 2 and the retain texts in one pass
+        if retain is not None and counts is None:  # view 2 and the retain texts in one pass
             rest, _ = self._forward(model, _concat(v2, retain, pad_id), adapted, False)
             h2 = rest[layer][:n]
             mine = [rest[i][n:, : retain["input_ids"].shape[1]] for i in adapted]
         else:
             h2 = self._forward(model, v2, [layer], full=False)[0][layer]
-            if use_l2:
+            if retain is not None:
                 h_retain, _ = self._forward(model, retain, adapted, full=False)
                 mine = [h_retain[i] for i in adapted]
         s1, s2 = pick_positions(h1[layer], v1["positions"]), pick_positions(h2, v2["positions"])
         parts: dict[str, torch.Tensor] = {}
         retain_loss = s1.new_zeros(())
-        if use_l2:
+        if retain is not None:
             share = 1.0 if counts is None else int(retain["attention_mask"].sum()) / counts[0]
             refs = [ref_hidden[i] for i in adapted]
             l2 = losses.retain_l2 if cfg.retain_l2_form == "raw" else normalise.relative_retain_l2
             parts["retain_l2"] = share * l2(mine, refs, retain["attention_mask"])
             retain_loss = retain_loss + cfg.retain_l2_weight * parts["retain_l2"]
         if use_kl:
+            assert final is not None  # the pass above was full
             share = 1.0 if counts is None else final.shape[0] / counts[1]
             parts["kl"] = share * self._kl(model, final, ref_final)
             retain_loss = retain_loss + cfg.kl_weight * parts["kl"]
@@ -220,7 +226,13 @@ class SeerTrainer(Trainer):
         both = torch.cat([concepts, concepts])
         return losses.supcon(torch.cat([z1, z2]), both, cfg.temperature), z1, z2, concepts
 
-    def _record(self, parts: dict[str, torch.Tensor], z1, z2, concepts) -> None:
+    def _record(
+        self,
+        parts: dict[str, torch.Tensor],
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        concepts: torch.Tensor,
+    ) -> None:
         for name, value in parts.items():
             if not torch.isfinite(value):
                 raise SeerError(
@@ -234,7 +246,12 @@ class SeerTrainer(Trainer):
         self._metrics["same_concept_cos"].append(same)
         self._metrics["diff_concept_cos"].append(diff)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         micro = self.seer_config.micro_batch_size
         try:
             if micro and micro < len(inputs["concepts"]):
@@ -309,7 +326,13 @@ class SeerTrainer(Trainer):
         )
         return scale * loss
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         peft_model = self.accelerator.unwrap_model(model)
         s1, s2, retain_loss, parts = self._terms(peft_model, inputs)
         contrastive, z1, z2, concepts = self._contrastive(s1, s2, inputs["concepts"])

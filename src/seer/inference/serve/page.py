@@ -57,7 +57,8 @@ TEMPLATE = """<!doctype html>
 
 def static_text(name: str) -> str:
     """A file of the live page shipped in the package (``view.css``, ``view.js``, ...)."""
-    return resources.files("seer.inference.serve").joinpath("static", name).read_text("utf-8")
+    static = resources.files("seer.inference.serve").joinpath("static")
+    return static.joinpath(name).read_text("utf-8")
 
 
 def _view_data(explanation: Any, monitor: Any, concepts: list[str] | None) -> dict[str, Any]:
