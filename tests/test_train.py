@@ -224,7 +224,12 @@ def test_memory_plan_turns_checkpointing_on_or_refuses(
     cfg.memory_budget = 0.95 * without / GIB  # over budget without checkpointing, not with
     plan = plan_memory(cfg, trainer.model, ds, 1, 4, 7)
     assert plan.checkpointing and plan.estimate <= plan.budget < without
-    assert "checkpointing on because" in plan.describe()
+    assert f"on for the {plan.checkpointed_steps} of {plan.steps} steps" in plan.describe()
+    assert 1 <= plan.checkpointed_steps < plan.steps  # only the steps over budget
+    # The decision is per batch: a short batch runs without checkpointing, a long one with it.
+    assert plan.needs_checkpointing is not None
+    assert not plan.needs_checkpointing([(3, 3, 3)] * 4)
+    assert plan.needs_checkpointing([(cfg.max_length,) * 3] * 4)
     cfg.memory_budget = 1e-6
     with pytest.raises(SeerError, match="--micro-batch-size 1 .*--max-length .*--kl-weight 0"):
         plan_memory(cfg, trainer.model, ds, 1, 4, 7)
@@ -346,3 +351,37 @@ def test_lora_initialisation_follows_the_seed(tmp_path, tokenizer, concept_file,
     first, second = lora_a("a"), lora_a("bb")
     assert first and first.keys() == second.keys()
     assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_checkpointing_is_switched_step_by_step(tmp_path, tokenizer, concept_file, retain_file):
+    """With the plan checkpointing only the steps over budget, the trainer switches the
+    blocks' checkpointing flag before each step from that batch's text lengths, and the
+    gradients do not depend on it."""
+    from seer.core.memory import set_checkpointing
+
+    trainer = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    model = trainer.model
+    model.enable_input_require_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    def flags() -> set[bool]:
+        return {
+            m.gradient_checkpointing
+            for m in model.modules()
+            if hasattr(m, "_gradient_checkpointing_func")
+        }
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    seen = []
+    trainer.checkpoint_when = lambda lengths: seen.append(lengths) or False
+    plain = _grads(trainer, batch)
+    assert flags() == {False}
+    assert seen and len(seen[0]) == 4 and all(len(row) == 3 for row in seen[0])
+    assert seen[0][0][0] == int(batch["view1"]["attention_mask"][0].sum())
+    trainer.checkpoint_when = lambda lengths: True
+    checkpointed = _grads(trainer, batch)
+    assert flags() == {True}
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7)
+    set_checkpointing(model, False)
+    assert flags() == {False}

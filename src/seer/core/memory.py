@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "estimate_step",
     "free_memory",
     "padding_share",
+    "set_checkpointing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,15 +168,25 @@ class MemoryPlan:
     budget_source: str  # "--memory-budget" or "free memory"
     checkpointing: bool
     forced: bool  # --gradient-checkpointing
+    checkpointed_steps: int = 0  # steps over budget without checkpointing (all when forced)
+    steps: int = 0
+    # A batch's text lengths (view 1, view 2, retain per row) -> whether its step is
+    # checkpointed; the trainer asks it before every step.
+    needs_checkpointing: Callable[[Sequence[tuple[int, int, int]]], bool] | None = None
 
     def describe(self) -> str:
-        gc = "on (asked for)" if self.forced else ("on" if self.checkpointing else "off")
+        if self.forced:
+            gc = "on (asked for)"
+        elif self.checkpointing:
+            gc = f"on for the {self.checkpointed_steps} of {self.steps} steps that need it"
+        else:
+            gc = "off"
         line = (
             f"estimated peak of the largest step {gib(self.estimate)}, budget "
             f"{gib(self.budget)} ({self.budget_source}), gradient checkpointing {gc}"
         )
         if self.checkpointing and not self.forced:
-            line += f" because the step would need {gib(self.without_checkpointing)} without it"
+            line += f" (the largest would need {gib(self.without_checkpointing)} without it)"
         return line
 
 
@@ -184,3 +195,14 @@ def gib(n: float) -> str:
     if n == math.inf:
         return "unbounded"
     return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
+
+
+def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Switch activation checkpointing of a model on which it was enabled (Hugging Face's
+    ``gradient_checkpointing`` flag of every block that has one) on or off for the next
+    step; its checkpoint function stays set."""
+    for module in model.modules():
+        if hasattr(module, "gradient_checkpointing") and hasattr(
+            module, "_gradient_checkpointing_func"
+        ):
+            setattr(module, "gradient_checkpointing", on)  # noqa: B010 (a plain bool flag)

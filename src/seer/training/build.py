@@ -122,16 +122,21 @@ def plan_memory(
     real = padding_share([[r[k] for r in b] for b in batches for k in (0, 1, 2) if b[0][k]])
     logger.info("padding: %.0f%% of the padded tokens of the schedule are real", 100 * real)
 
-    def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
+    Lengths = Sequence[tuple[int, int, int]]
+
+    def step(batch: Lengths, checkpointing: bool, rows: int, cap: int) -> int:
+        """The estimated peak of one batch's step (its rows in passes of ``rows``)."""
         peak = 0
-        for batch in batches:
-            for s in range(0, len(batch), rows):
-                part = batch[s : s + rows]
-                lengths = [min(cap, max(r[k] for r in part)) for k in (0, 1, 2)]
-                shape = Shape(len(part), *lengths)
-                kw = dict(kl=kl, l2=l2, checkpointing=checkpointing, cached=rows < len(batch))
-                peak = max(peak, estimate_step(dims, shape, layer=layer, **kw))
+        for s in range(0, len(batch), rows):
+            part = batch[s : s + rows]
+            lengths = [min(cap, max(r[k] for r in part)) for k in (0, 1, 2)]
+            shape = Shape(len(part), *lengths)
+            kw = dict(kl=kl, l2=l2, checkpointing=checkpointing, cached=rows < len(batch))
+            peak = max(peak, estimate_step(dims, shape, layer=layer, **kw))
         return peak
+
+    def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
+        return max((step(b, checkpointing, rows, cap) for b in batches), default=0)
 
     device = next(model.parameters()).device
     if config.memory_budget:
@@ -141,6 +146,13 @@ def plan_memory(
         source = f"{FREE_SHARE:.0%} of the memory free on {device.type}"
     without = worst(False)
     checkpointing = config.gradient_checkpointing or without > budget
+
+    def needs_checkpointing(batch: Lengths) -> bool:
+        """Whether this batch's step exceeds the budget without checkpointing (decided step by
+        step, so that a few long texts do not slow every other step)."""
+        over = step(batch, False, micro, config.max_length) > budget
+        return config.gradient_checkpointing or over
+
     plan = MemoryPlan(
         estimate=worst(True) if checkpointing else without,
         without_checkpointing=without,
@@ -148,6 +160,9 @@ def plan_memory(
         budget_source=source,
         checkpointing=checkpointing,
         forced=config.gradient_checkpointing,
+        checkpointed_steps=sum(map(needs_checkpointing, batches)),
+        steps=len(batches),
+        needs_checkpointing=needs_checkpointing,
     )
     if plan.estimate > budget:
         raise SeerError(_over_budget(config, plan, micro, worst, kl))
@@ -266,8 +281,8 @@ def build_trainer(
     logger.info("memory: %s", plan.describe())
     if plan.checkpointing:
         peft_model.enable_input_require_grads()
-        peft_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
+        peft_model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
         )
     trainer = SeerTrainer(
         model=peft_model,
@@ -281,6 +296,8 @@ def build_trainer(
         layer=layer,
         gradient_probe_steps=_probe_steps(config, len(dataset)),
     )
+    if plan.checkpointing and not plan.forced:  # on only for the steps that need it
+        trainer.checkpoint_when = plan.needs_checkpointing
     refuse_fsdp(trainer)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)

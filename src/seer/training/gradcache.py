@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PARTS", "micro_batches", "rng_state", "set_rng_state"]
+__all__ = ["PARTS", "batch_lengths", "micro_batches", "rng_state", "set_rng_state"]
 
 PARTS = ("view1", "view2", "retain")
 
@@ -36,6 +36,17 @@ def micro_batches(inputs: dict, size: int) -> list[dict]:
                 }
         chunks.append(chunk)
     return chunks
+
+
+def batch_lengths(inputs: dict) -> list[tuple[int, int, int]]:
+    """Real text lengths (view 1, view 2, retain; 0 without retain texts) of a collated batch's
+    rows, as the memory plan counts them."""
+    rows = len(inputs["concepts"])
+    columns = [
+        [int(n) for n in inputs[k]["attention_mask"].sum(dim=1)] if k in inputs else [0] * rows
+        for k in PARTS
+    ]
+    return [(columns[0][i], columns[1][i], columns[2][i]) for i in range(rows)]
 
 
 def rng_state() -> tuple:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, cast
 
 import torch
@@ -36,10 +36,11 @@ from transformers import Trainer
 
 from seer.core import losses, normalise
 from seer.core.layers import capture_layers, run_until
+from seer.core.memory import set_checkpointing
 from seer.core.represent import normalise_states, pick_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
-from seer.training.gradcache import micro_batches, rng_state, set_rng_state
+from seer.training.gradcache import batch_lengths, micro_batches, rng_state, set_rng_state
 from seer.training.health import HealthCallback, gradient_shares
 from seer.training.pairs import PairCollator, PairDataset, build_pairs
 
@@ -100,6 +101,9 @@ class SeerTrainer(Trainer):
         # measured for the health check (steps done at once, not by gradient caching).
         self.gradient_probe_steps = gradient_probe_steps
         self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
+        # set by build_trainer when the memory plan checkpoints some steps: a batch's text
+        # lengths -> whether its step runs with activation checkpointing
+        self.checkpoint_when: Callable[[Sequence[tuple[int, int, int]]], bool] | None = None
         self.model_accepts_loss_kwargs = False  # compute_loss does not use num_items_in_batch
         # set by Trainer.train() for each update; also a step run outside it (the benches)
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
@@ -253,6 +257,8 @@ class SeerTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         micro = self.seer_config.micro_batch_size
+        if self.checkpoint_when is not None:
+            set_checkpointing(model, self.checkpoint_when(batch_lengths(inputs)))
         try:
             if micro and micro < len(inputs["concepts"]):
                 loss = self._cached_step(model, inputs)
