@@ -23,6 +23,7 @@ contrastive batch (every micro-batch of it; issue 19, :mod:`seer.core.normalise`
 # One Trainer subclass, kept whole (about 340 lines) so a step reads top to bottom.
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence, Sized
@@ -108,6 +109,14 @@ class SeerTrainer(Trainer):
         # set by Trainer.train() for each update; also a step run outside it (the benches)
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def autocast_smart_context_manager(
+        self, cache_enabled: bool | None = True
+    ) -> contextlib.AbstractContextManager:
+        """Mixed precision (``--bf16`` / ``--fp16``) for the step's passes: they run on the
+        unwrapped model, which accelerate's autocast patch of ``model.forward`` never sees,
+        so the autocast context is opened here (Trainer's own returns a null context)."""
+        return self.accelerator.autocast()
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler:
         # The schedule is already shuffled (and concept-balanced) by build_pairs.
