@@ -1,5 +1,6 @@
 """``seer.training.train``: from a config to a finished run folder."""
 
+# `train()` and its named steps, read top to bottom: about 315 lines, kept whole.
 from __future__ import annotations
 
 import json

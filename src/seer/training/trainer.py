@@ -20,7 +20,7 @@ them representations, for ``--representation centered`` around the mean state of
 contrastive batch (every micro-batch of it; issue 19, :mod:`seer.core.normalise`).
 """
 
-# One Trainer subclass, kept whole (about 340 lines) so a step reads top to bottom.
+# One Trainer subclass, kept whole (about 380 lines) so a step reads top to bottom.
 from __future__ import annotations
 
 import contextlib
