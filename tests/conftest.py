@@ -4,6 +4,7 @@ Nothing is downloaded. Test modules import helpers from here, never from each ot
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -229,3 +230,24 @@ BENIGN = [
     ("How do I study for exams?", "Make a schedule, review notes and do practice tests."),
     ("How do I make a birthday cake?", "Cream butter and sugar, add eggs and flour, bake, frost."),
 ]
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """Write ``folder``'s lock (``folder.lock``) as held by a live process on this host, as a
+    second seer command writing ``folder`` would; yields that process's pid."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from seer.core.folders import lock_path
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        holder = {"pid": writer.pid, "host": socket.gethostname(), "started": time.time()}
+        lock_path(folder).write_text(json.dumps(holder))
+        yield writer.pid
+    finally:
+        writer.kill()
+        writer.wait()

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import BENIGN, HARMFUL, needs_minilm, tiny_llama
+from conftest import BENIGN, HARMFUL, held_by_another_process, needs_minilm, tiny_llama
 
 from seer.cli import main as cli_main
 from seer.errors import SeerError
@@ -89,6 +89,26 @@ def test_detox_eval_with_a_stop_monitor(tmp_path, trained_run, tokenizer, monkey
     # --skip-base shows the earlier base.json of the same prompts
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[:2] == ["base", f"{base['BT']:.3f}"]
+
+
+def test_detox_eval_refuses_while_another_process_writes_the_runs_detox(
+    tmp_path, trained_run, tokenizer, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    monkeypatch.setattr(
+        "seer.core.models.load_model", lambda *a, **k: (tiny_llama(len(tokenizer)), tokenizer)
+    )
+    harmful = _csv(tmp_path / "bt.csv", ["prompt"], [[p] for p, _ in HARMFUL[:3]])
+    xstest = _csv(tmp_path / "xst.csv", ["prompt", "type"], [["how do I kill a process", "x"]])
+    judge_rows = [[p, r, False] for p, r in HARMFUL] + [[p, r, True] for p, r in BENIGN]
+    judge = _csv(tmp_path / "judge.csv", ["prompt", "response", "is_safe"], judge_rows)
+    argv = ["detox-eval", str(run), "--harmful", harmful, "--xstest", xstest, "--judge-data", judge]
+    with held_by_another_process(run / "detox") as pid:
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"being written by process {pid} on" in err and err.count("\n") == 1, err
+        assert not (run / "detox").exists()  # refused before the judge or any reply
 
 
 def test_read_prompts_subset_is_seeded(tmp_path):

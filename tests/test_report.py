@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from conftest import held_by_another_process, tiny_llama, write_concepts, write_retain
 
+from seer.core.folders import lock_path
+from seer.errors import SeerError
+from seer.evaluation.faithfulness import orthonormal_basis, projection_kl
 from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
 from seer.evaluation.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
 
@@ -105,13 +112,6 @@ def test_write_report_skips_missing_sections(tmp_path):
 
 # --- monitoring: faithfulness on a tiny model, and `evaluate` end to end ----------------------
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-
-from conftest import tiny_llama, write_concepts, write_retain  # noqa: E402
-
-from seer.evaluation.faithfulness import orthonormal_basis, projection_kl  # noqa: E402
-
 
 def test_orthonormal_basis_spans_the_rows():
     rows = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
@@ -195,6 +195,19 @@ def test_evaluate_writes_monitoring_metrics_and_figures(tiny_run, tokenizer):
     assert json.loads((eval_dir / "metrics.json").read_text())["monitoring"]["comparison"]
 
 
+def test_evaluate_refuses_while_another_process_writes_the_runs_eval(tiny_run, tokenizer, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    with held_by_another_process(run / "eval") as pid:
+        with pytest.raises(SeerError, match=f"being written by process {pid} on"):
+            _evaluate(run, tokenizer)
+        assert not (run / "eval").exists()  # nothing was written beside the other writer
+    # that writer is gone now: its lock is stale, taken over, and released at the end
+    assert _evaluate(run, tokenizer)["run"]["n_test"] > 0
+    assert (run / "eval" / "metrics.json").is_file() and not lock_path(run / "eval").exists()
+
+
 def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokenizer, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(tiny_run, old)
@@ -203,4 +216,8 @@ def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokeniz
     m = _evaluate(old, tokenizer)
     assert m["run"]["calibration_split"] is False and m["run"]["n_calibration"] == 0
     assert m["monitoring"]["fitted_on"].startswith("test")
-    assert "no calibration split" in (old / "eval" / "report.md").read_text()
+    text = (old / "eval" / "report.md").read_text()
+    assert "no calibration split" in text
+    # every sentence names the split the thresholds came from: never a calibration split
+    assert "set on the calibration split" not in text and "best calibration AUROC" not in text
+    assert "FPR thresholds set on test (no calibration split)" in text

@@ -137,6 +137,21 @@ def _text(value: object) -> str | None:
     return text if text and text.lower() not in _MISSING else None
 
 
+def _excluding(examples: list[Example], exclude_prompts: list[str]) -> list[Example]:
+    """``examples`` without those whose prompt is excluded, the count logged per concept."""
+    if not exclude_prompts:
+        return examples
+    kept = without_prompts(examples, exclude_prompts)
+    logger.info(
+        "dropped %d of %d rows whose prompt is in the excluded set; %d remain (%s)",
+        len(examples) - len(kept),
+        len(examples),
+        len(kept),
+        ", ".join(f"{c}: {n}" for c, n in sorted(Counter(e["concept"] for e in kept).items())),
+    )
+    return kept
+
+
 def load_concepts(
     source: str,
     concept_column: str = "concept",
@@ -179,19 +194,7 @@ def load_concepts(
             f"{source}: none of its {len(rows)} rows has both a {concept_column!r} and a non-empty "
             f"{' or '.join(repr(c) for c in (prompt_col, response_col) if c)}; fill those columns"
         )
-    exclude_prompts = list(exclude_prompts)
-    if exclude_prompts:
-        before = len(examples)
-        examples = without_prompts(examples, exclude_prompts)
-        logger.info(
-            "dropped %d of %d rows whose prompt is in the excluded set; %d remain (%s)",
-            before - len(examples),
-            before,
-            len(examples),
-            ", ".join(
-                f"{c}: {n}" for c, n in sorted(Counter(e["concept"] for e in examples).items())
-            ),
-        )
+    examples = _excluding(examples, list(exclude_prompts))
     _warn_similar_labels(str(ex["concept"]) for ex in examples)
     if max_per_concept is not None:
         examples = cap_per_concept(examples, max_per_concept, seed)

@@ -6,6 +6,8 @@
 * **One writer at a time.** ``DIR.lock`` (next to ``DIR.partial``) is created atomically
   (``O_EXCL``) and holds the writer's pid and host; while the writer lives it also holds an
   ``flock`` on it. A lock whose process is gone is stale and is taken over, with a warning.
+  Commands that write into a run in place (``seer evaluate``: ``DIR/eval``; ``seer
+  detox-eval``: ``DIR/detox``) hold the same kind of lock on what they write (:func:`hold_lock`).
 * **Atomic results.** The folder is built under ``DIR.partial`` and renamed at the end. A run
   that fails leaves nothing behind (its ``.partial`` is removed, unless it was already there
   or holds a checkpoint); an interrupted or killed run keeps its checkpoint.
@@ -32,6 +34,7 @@ __all__ = [
     "apply_umask",
     "check_target",
     "claim_output",
+    "hold_lock",
     "lock_path",
     "partial_path",
     "replace_folder",
@@ -147,7 +150,7 @@ def _take_stale(path: Path) -> bool:
         os.close(fd)
 
 
-def _acquire(path: Path, output: Path) -> int:
+def _acquire(path: Path, output: Path, hint: str) -> int:
     for _ in range(20):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -156,9 +159,8 @@ def _acquire(path: Path, output: Path) -> int:
                 continue
             holder = _read_lock(path)
             raise SeerError(
-                f"{output} is being written by {_describe(holder)} (lock {path}); wait for it to "
-                "finish or choose another output folder (if that process is gone, e.g. on another "
-                "machine, delete the lock file)"
+                f"{output} is being written by {_describe(holder)} (lock {path}); {hint} (if "
+                "that process is gone, e.g. on another machine, delete the lock file)"
             ) from None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -213,28 +215,41 @@ def claim_output(
     output = Path(output)
     check_target(output, overwrite, reading, flag)  # before any write
     created = _make_parents(output)
-    lock = lock_path(output)
-    try:
-        fd = _acquire(lock, output)
-    except BaseException:
-        _remove_parents(created)
-        raise
     partial = partial_path(output)
-    claim = Claim(output, partial, partial.exists(), created)
     try:
-        check_target(output, overwrite, reading, flag)  # again: another writer may have finished
-        yield claim
-    except Exception:
-        keep = keep_partial is not None and keep_partial(partial)
-        if not claim.partial_existed and not keep and partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
+        with hold_lock(output, "wait for it to finish or choose another output folder"):
+            claim = Claim(output, partial, partial.exists(), created)
+            try:
+                check_target(output, overwrite, reading, flag)  # again: another may have finished
+                yield claim
+            except Exception:
+                keep = keep_partial is not None and keep_partial(partial)
+                if not claim.partial_existed and not keep and partial.exists():
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
+    finally:
+        if not output.exists() and not partial.exists():
+            _remove_parents(created)  # only those still empty
+
+
+@contextlib.contextmanager
+def hold_lock(folder: str | Path, hint: str = "wait for it to finish") -> Iterator[Path]:
+    """Hold ``folder``'s lock (``folder.lock``, beside it) for the block: one writer at a time.
+
+    Commands that write into a folder in place (``seer evaluate`` into ``DIR/eval``,
+    ``seer detox-eval`` into ``DIR/detox``) hold it while they run, so that two of them on one
+    run refuse rather than interleave their files; a live holder is named in the SeerError,
+    a dead one's lock is taken over; ``hint`` says what to do instead. The parent folder must
+    exist."""
+    folder = Path(folder)
+    lock = lock_path(folder)
+    fd = _acquire(lock, folder, hint)
+    try:
+        yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
-        if not claim.output.exists() and not claim.partial.exists():
-            _remove_parents(claim.created)  # only those still empty
 
 
 def _umask() -> int:

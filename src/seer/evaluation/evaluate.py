@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from seer.core import strict_json
+from seer.core.folders import hold_lock
 from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
 from seer.errors import SeerError
@@ -137,6 +138,38 @@ def _monitoring(
     }
 
 
+def _cluster_scores(run: Any, reps: dict, y: dict[str, list[str]], seed: int) -> dict:
+    """Prototype accuracy, disentanglement, probe accuracy and OT separation at the run's
+    layer: base (its own prototypes from train) and SEER (the run's prototypes)."""
+    layer = run.layer
+    protos = {"base": None, "seer": (run.concepts, run.prototypes.numpy())}
+    return {
+        name: _scores(
+            reps[name]["train"][layer],
+            y["train"],
+            reps[name]["test"][layer],
+            y["test"],
+            protos[name],
+            seed,
+        )  # fmt: skip
+        for name in ("base", "seer")
+    }
+
+
+def _run_summary(run: Any, rows: dict[str, list[dict]], has_calibration: bool) -> dict:
+    return {
+        "path": str(run.path),
+        "layer": run.layer,
+        "positions": list(run.positions),
+        "concepts": run.concepts,
+        "n_train": len(rows["train"]),
+        "n_calibration": len(rows["calibration"]) if has_calibration else 0,
+        "n_test": len(rows["test"]),
+        "calibration_split": has_calibration,
+        "fitted_on": "calibration" if has_calibration else "test (no calibration split)",
+    }
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -158,79 +191,53 @@ def evaluate(
     """
     started = time.time()
     run, peft_model, tokenizer = load_trained(run_dir, model=model, tokenizer=tokenizer)
-    cfg, layer, positions = run.config, run.layer, run.positions
-    rows, has_calibration = run_splits(run)
-    fitted_on = "calibration" if has_calibration else "test (no calibration split)"
-    y = {s: [r["concept"] for r in part] for s, part in rows.items()}
-    layers = list(range(run.meta["n_layers"])) if sweep else [layer]
-    kw = dict(
-        positions=positions,
-        batch_size=batch_size,
-        max_length=cfg["max_length"],
-        layers_path=cfg["layers_path"],
-    )
-    reps = _representations(peft_model, tokenizer, rows, layers, progress, run, **kw)
-    seed = int(cfg["seed"])
-    metrics: dict[str, Any] = {
-        "base": _scores(
-            reps["base"]["train"][layer],
-            y["train"],
-            reps["base"]["test"][layer],
-            y["test"],
-            None,
-            seed,
-        ),
-        "seer": _scores(
-            reps["seer"]["train"][layer],
-            y["train"],
-            reps["seer"]["test"][layer],
-            y["test"],
-            (run.concepts, run.prototypes.numpy()),
-            seed,
-        ),
-    }
-    best = None
-    if sweep:
-        best, by_layer = best_layer(
-            reps["base"]["train"], y["train"], reps["base"]["calibration"], y["calibration"]
+    with hold_lock(run.path / "eval"):  # two evaluations of one run: the second refuses
+        cfg, layer = run.config, run.layer
+        rows, has_calibration = run_splits(run)
+        summary = _run_summary(run, rows, has_calibration)
+        y = {s: [r["concept"] for r in part] for s, part in rows.items()}
+        kw = dict(positions=run.positions, batch_size=batch_size, max_length=cfg["max_length"])
+        layers = list(range(run.meta["n_layers"])) if sweep else [layer]
+        reps = _representations(
+            peft_model, tokenizer, rows, layers, progress, run, layers_path=cfg["layers_path"], **kw
         )
-        metrics["base_best_layer"] = {"layer": best, "calibration_accuracy": by_layer}
-    monitoring = _monitoring(run, reps, rows, layer, best, fitted_on, seed)
-    base_protos = monitoring.pop("base_prototypes")
-    metrics["monitoring"] = monitoring
-    metrics["faithfulness"] = _faithfulness(
-        peft_model, tokenizer, run, rows["test"], base_protos, faithfulness_texts,
-        faithfulness_draws, progress, cfg,
-    )  # fmt: skip
-    with peft_model.disable_adapter():
-        general = general_text(
-            peft_model, tokenizer, run.meta["base_fingerprint"], split="evaluation"
+        seed = int(cfg["seed"])
+        metrics: dict[str, Any] = _cluster_scores(run, reps, y, seed)
+        best = None
+        if sweep:
+            best, by_layer = best_layer(
+                reps["base"]["train"], y["train"], reps["base"]["calibration"], y["calibration"]
+            )
+            metrics["base_best_layer"] = {"layer": best, "calibration_accuracy": by_layer}
+        monitoring = _monitoring(run, reps, rows, layer, best, summary["fitted_on"], seed)
+        base_protos = monitoring.pop("base_prototypes")
+        metrics["monitoring"] = monitoring
+        metrics["faithfulness"] = _faithfulness(
+            peft_model, tokenizer, run, rows["test"], base_protos, faithfulness_texts,
+            faithfulness_draws, progress, cfg,
+        )  # fmt: skip
+        with peft_model.disable_adapter():
+            general = general_text(
+                peft_model, tokenizer, run.meta["base_fingerprint"], split="evaluation"
+            )
+        metrics["retention"] = retention(
+            peft_model, tokenizer, general, max_length=cfg["max_length"]
         )
-    metrics["retention"] = retention(peft_model, tokenizer, general, max_length=cfg["max_length"])
-    if sweep:
-        metrics["layer_sweep"] = {
-            name: layer_sweep(reps[name]["train"], y["train"], reps[name]["test"], y["test"])
-            for name in tqdm(("base", "seer"), desc="layer sweep", disable=not progress)
-        }
-    metrics["generations"] = generations(peft_model, tokenizer, general, n_generations)
-    metrics["run"] = {
-        "path": str(run.path),
-        "layer": layer,
-        "positions": list(positions),
-        "concepts": run.concepts,
-        "n_train": len(rows["train"]),
-        "n_calibration": len(rows["calibration"]) if has_calibration else 0,
-        "n_test": len(rows["test"]),
-        "calibration_split": has_calibration,
-        "fitted_on": fitted_on,
-        "seconds": round(time.time() - started, 1),
-    }
-    out_dir = run.path / "eval"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / "metrics.json").write_text(strict_json.dumps(metrics, indent=2), encoding="utf-8")
-    if figures:
-        _write_report(out_dir, metrics, reps, y["test"], layer)
-    return metrics
+        if sweep:
+            metrics["layer_sweep"] = {
+                name: layer_sweep(reps[name]["train"], y["train"], reps[name]["test"], y["test"])
+                for name in tqdm(("base", "seer"), desc="layer sweep", disable=not progress)
+            }
+        metrics["generations"] = generations(peft_model, tokenizer, general, n_generations)
+        metrics["run"] = summary | {"seconds": round(time.time() - started, 1)}
+        out_dir = run.path / "eval"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "metrics.json").write_text(
+            strict_json.dumps(metrics, indent=2), encoding="utf-8"
+        )
+        if figures:
+            _write_report(out_dir, metrics, reps, y["test"], layer)
+        return metrics
 
 
 def _faithfulness(

@@ -95,12 +95,13 @@ def _per_concept(monitoring: Mapping) -> list[str]:
         "SEER FPR@5%",
         "verdict",
     ]
+    fitted = monitoring.get("fitted_on", "calibration")  # a run without one: "test (...)"
     intro = (
-        "SEER's readout against the external probe with the best calibration AUROC on each "
-        f"concept; verdict by test AUROC difference beyond ±{comparison.get('tolerance')}. "
+        f"SEER's readout against the external probe with the best AUROC on {fitted} for "
+        f"each concept; verdict by test AUROC difference beyond ±{comparison.get('tolerance')}. "
         "Summary: "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
-        + ". FPR thresholds set on the calibration split, recall and realised FPR on test."
+        + f". FPR thresholds set on {fitted}, recall and realised FPR on test."
     )
     return ["### SEER's readout vs the best external probe, per concept", "", intro, ""] + _table(
         header, rows

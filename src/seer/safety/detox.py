@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from seer.core.data import load_prompts
 from seer.core.files import write_text_atomic
+from seer.core.folders import hold_lock
 from seer.errors import SeerError
 from seer.inference.explainer import Explainer, Generation, Monitor
 from seer.safety.baseline import base_settings, reusable_base
@@ -127,41 +128,46 @@ def detox_eval(config: DetoxConfig, *, progress: bool = True) -> dict[str, Any]:
     for m in monitors:
         explainer.check_monitor(m)  # before any generation
     out_dir = explainer.run.path / "detox"
-    settings = base_settings(
-        bt, xst, config.judge_data, config.max_new_tokens, explainer.run.meta["base_fingerprint"]
-    ) | {"refusal_rule": config.refusal_rule}  # the base scores count refusals by it
-    base = reusable_base(out_dir / "base.json", settings) if config.skip_base else None
-    # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
-    watch = None
-    if concept in explainer.concepts:
-        watch = Monitor(concept, threshold=1.0, mode="watch")
-    out_dir.mkdir(exist_ok=True)
-    judge = _judge(config.judge_data, excluded, out_dir / "judge.json", progress)
-    ev = Evaluation(explainer, bt, xst, judge, out_dir, settings, config.refusal_rule)
-    ev.target = config.target
-    n = config.max_new_tokens
-    if base is not None:
-        ev.results["base"] = base
-    elif not config.skip_base:
-        ev.record(
-            "base",
-            _generate(explainer, bt, False, None, n, progress and "base: BT"),
-            _generate(explainer, xst, False, None, n, progress and "base: XST"),
-            None,
-        )
-    # The watched pass also records each reply's final explanation (gen.final).
-    bt_gen = _generate(explainer, bt, True, watch, n, progress and "seer: BT")
-    xst_gen = _generate(explainer, xst, True, watch, n, progress and "seer: XST")
-    plain = ev.record("seer", bt_gen, xst_gen, None)
-    if watch is not None:
-        ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, concept)
-    for m in monitors:
-        name = _variant_name(m)
-        if m.mode == "stop":
-            ev.record(name, stop_variant(bt_gen, m), stop_variant(xst_gen, m), m)
-        else:
-            bt_steered = _generate(explainer, bt, True, m, n, progress and f"{name}: BT")
-            xst_steered = _generate(explainer, xst, True, m, n, progress and f"{name}: XST")
-            ev.record(name, bt_steered, xst_steered, m)
-    ev.results["seconds"] = round(time.time() - started, 1)
-    return ev.results
+    with hold_lock(out_dir):  # two detox-evals of one run: the second refuses
+        settings = base_settings(
+            bt,
+            xst,
+            config.judge_data,
+            config.max_new_tokens,
+            explainer.run.meta["base_fingerprint"],
+        ) | {"refusal_rule": config.refusal_rule}  # the base scores count refusals by it
+        base = reusable_base(out_dir / "base.json", settings) if config.skip_base else None
+        # The plain pass, watched in shadow mode over the whole reply when the run has the concept.
+        watch = None
+        if concept in explainer.concepts:
+            watch = Monitor(concept, threshold=1.0, mode="watch")
+        out_dir.mkdir(exist_ok=True)
+        judge = _judge(config.judge_data, excluded, out_dir / "judge.json", progress)
+        ev = Evaluation(explainer, bt, xst, judge, out_dir, settings, config.refusal_rule)
+        ev.target = config.target
+        n = config.max_new_tokens
+        if base is not None:
+            ev.results["base"] = base
+        elif not config.skip_base:
+            ev.record(
+                "base",
+                _generate(explainer, bt, False, None, n, progress and "base: BT"),
+                _generate(explainer, xst, False, None, n, progress and "base: XST"),
+                None,
+            )
+        # The watched pass also records each reply's final explanation (gen.final).
+        bt_gen = _generate(explainer, bt, True, watch, n, progress and "seer: BT")
+        xst_gen = _generate(explainer, xst, True, watch, n, progress and "seer: XST")
+        plain = ev.record("seer", bt_gen, xst_gen, None)
+        if watch is not None:
+            ev.results["stop_curve_auc"] = ev.stop_curves(bt_gen, xst_gen, plain, concept)
+        for m in monitors:
+            name = _variant_name(m)
+            if m.mode == "stop":
+                ev.record(name, stop_variant(bt_gen, m), stop_variant(xst_gen, m), m)
+            else:
+                bt_steered = _generate(explainer, bt, True, m, n, progress and f"{name}: BT")
+                xst_steered = _generate(explainer, xst, True, m, n, progress and f"{name}: XST")
+                ev.record(name, bt_steered, xst_steered, m)
+        ev.results["seconds"] = round(time.time() - started, 1)
+        return ev.results

@@ -238,24 +238,10 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def train_judge(
-    csv_path: str | Path,
-    exclude_prompts: set[str] | frozenset[str] = frozenset(),
-    held_out_fraction: float = 0.2,
-    seed: int = 0,
-    progress: bool = False,
-    embedder: Embedder | None = None,
-) -> HarmJudge:
-    """Train a :class:`HarmJudge` on a CSV with columns ``prompt``, ``response``, ``is_safe``.
-
-    Rows whose stripped prompt is in ``exclude_prompts`` (e.g. the evaluation prompts) are
-    dropped. A stratified, seeded ``held_out_fraction`` of the rest measures ``accuracy``.
-    """
-    from sklearn.model_selection import train_test_split
-
-    if not 0.0 <= held_out_fraction < 1.0:
-        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}.")
-    csv_path = Path(csv_path)
+def _labelled_rows(
+    csv_path: Path, exclude_prompts: set[str] | frozenset[str]
+) -> tuple[list[dict[str, str]], np.ndarray]:
+    """The judge data's rows without the excluded prompts, and their labels (1 = unsafe)."""
     rows = _read_rows(csv_path)
     kept = without_prompts(rows, exclude_prompts)
     labels = np.asarray(
@@ -276,6 +262,27 @@ def train_judge(
             f"Only {len(kept)} usable rows ({labels.sum()} unsafe) in {csv_path} after "
             f"excluding prompts; the judge needs safe and unsafe examples."
         )
+    return kept, labels
+
+
+def train_judge(
+    csv_path: str | Path,
+    exclude_prompts: set[str] | frozenset[str] = frozenset(),
+    held_out_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = False,
+    embedder: Embedder | None = None,
+) -> HarmJudge:
+    """Train a :class:`HarmJudge` on a CSV with columns ``prompt``, ``response``, ``is_safe``.
+
+    Rows whose stripped prompt is in ``exclude_prompts`` (e.g. the evaluation prompts) are
+    dropped. A stratified, seeded ``held_out_fraction`` of the rest measures ``accuracy``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 <= held_out_fraction < 1.0:
+        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}.")
+    kept, labels = _labelled_rows(Path(csv_path), exclude_prompts)
     judge = HarmJudge(embedder=embedder)
     start = time.perf_counter()
     features = judge.embed([r["prompt"] for r in kept], [r["response"] for r in kept], progress)

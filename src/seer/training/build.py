@@ -102,6 +102,21 @@ def _batch_lengths(dataset: PairDataset, batch_size: int) -> list[list[tuple[int
     return out
 
 
+EAGER_ATTENTION = (
+    "this model runs eager attention, whose memory grows with the square of the text length; "
+    "load it with attn_implementation='sdpa' if it supports that"
+)
+
+
+def _budget(config: TrainConfig, device: torch.device) -> tuple[int, str]:
+    """The memory budget of a step in bytes, and where it came from."""
+    if config.memory_budget:
+        return int(config.memory_budget * GIB), "--memory-budget"
+    return int(FREE_SHARE * free_memory(device)), (
+        f"{FREE_SHARE:.0%} of the memory free on {device.type}"
+    )
+
+
 def plan_memory(
     config: TrainConfig,
     model: PeftModel,
@@ -114,10 +129,7 @@ def plan_memory(
     a SeerError (before anything trains) when even checkpointing does not fit the budget."""
     dims = Dims.of(model, n_layers, lora_modules)
     if dims.eager_attention:  # sdpa is what transformers picks where a model supports it
-        logger.warning(
-            "this model runs eager attention, whose memory grows with the square of the text "
-            "length; load it with attn_implementation='sdpa' if it supports that"
-        )
+        logger.warning(EAGER_ATTENTION)
     batches = _batch_lengths(dataset, config.batch_size)
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     kl, l2 = config.kl_weight > 0, config.retain_l2_weight > 0 and len(dataset.retain) > 0
@@ -140,12 +152,7 @@ def plan_memory(
     def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
         return max((step(b, checkpointing, rows, cap) for b in batches), default=0)
 
-    device = next(model.parameters()).device
-    if config.memory_budget:
-        budget, source = int(config.memory_budget * GIB), "--memory-budget"
-    else:
-        budget = int(FREE_SHARE * free_memory(device))
-        source = f"{FREE_SHARE:.0%} of the memory free on {device.type}"
+    budget, source = _budget(config, next(model.parameters()).device)
     without = worst(False)
     checkpointing = config.gradient_checkpointing or without > budget
 
@@ -240,6 +247,30 @@ def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
     return probe_steps(n_pairs // per_step, config.health_check_at)
 
 
+def _adapted(
+    config: TrainConfig, model: PreTrainedModel, targets: list[str], layer: int
+) -> PeftModel:
+    """``model`` with LoRA on ``targets`` in blocks 0..layer, its init drawn from the seed."""
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        layers_to_transform=list(range(layer + 1)),
+        task_type="CAUSAL_LM",
+    )
+    set_seed(config.seed)  # the adapter's random init follows the seed, not the RNG's history
+    return get_peft_model(model, lora)
+
+
+def _health_check(config: TrainConfig) -> HealthCallback:
+    """The training-health check, its chance loss counted over the pairs one step contrasts
+    (every process's, when the contrastive batch is gathered across processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)
+    return HealthCallback(chance_loss(config.objective, pairs_seen), config.health_check_at)
+
+
 def build_trainer(
     config: TrainConfig,
     model: PreTrainedModel,
@@ -257,16 +288,7 @@ def build_trainer(
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets,
-        layers_to_transform=list(range(layer + 1)),
-        task_type="CAUSAL_LM",
-    )
-    set_seed(config.seed)  # the adapter's random init follows the seed, not the RNG's history
-    peft_model = get_peft_model(model, lora)
+    peft_model = _adapted(config, model, targets, layer)
     pairs = build_pairs(
         [r["concept"] for r in train_rows],
         [bool(r.get("response")) and bool(r.get("prompt")) for r in train_rows],
@@ -301,11 +323,7 @@ def build_trainer(
     if plan.checkpointing and not plan.forced:  # on only for the steps that need it
         trainer.checkpoint_when = plan.needs_checkpointing
     refuse_fsdp(trainer)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    pairs_seen = config.batch_size * (world if config.gather_across_processes else 1)
-    trainer.health = HealthCallback(
-        chance_loss(config.objective, pairs_seen), config.health_check_at
-    )
+    trainer.health = _health_check(config)
     trainer.add_callback(trainer.health)
     trainer.memory_note = (
         f"{plan.describe()}; lower --micro-batch-size or --max-length, or set --memory-budget "
