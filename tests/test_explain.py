@@ -316,22 +316,22 @@ def cli(monkeypatch, tokenizer):
     return cli_main
 
 
+def _traced(run_dir) -> list[str]:
+    """``seer explain`` of PROMPT with a 3-token reply, as JSON with the per-token trace."""
+    return [
+        "explain",
+        str(run_dir),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--trace",
+    ]
+
+
 def test_cli_json(cli, run_dir, capsys):
-    assert (
-        cli(
-            [
-                "explain",
-                str(run_dir),
-                "--prompt",
-                PROMPT,
-                "--max-new-tokens",
-                "3",
-                "--json",
-                "--trace",
-            ]
-        )
-        == 0
-    )
+    assert cli(_traced(run_dir)) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["prompt"] == PROMPT and len(out["trace"]) == 3 and len(out["ranking"]) == 3
     assert cli(["explain", str(run_dir), "--prompt", PROMPT, "--response", "far", "--trace"]) == 0
@@ -391,16 +391,7 @@ def test_cli_html_writes_the_explained_generation(cli, run_dir, tmp_path, capsys
     """``seer explain --html`` writes one self-contained page holding the reply's tokens and
     the final explanation's concepts; with --file, or into a missing folder, it is refused."""
     page = tmp_path / "view.html"
-    argv = [
-        "explain",
-        str(run_dir),
-        "--prompt",
-        PROMPT,
-        "--max-new-tokens",
-        "3",
-        "--json",
-        "--trace",
-    ]
+    argv = _traced(run_dir)
     assert cli([*argv, "--html", str(page)]) == 0
     out = json.loads(capsys.readouterr().out)
     text = page.read_text(encoding="utf-8")
