@@ -19,6 +19,9 @@ of a float32 2048x2048 matmul's FLOP/s measured in the same process; ``--bf16`` 
 the current code under ``torch.autocast("cpu", bfloat16)``.
 
     python bench/train_memory.py --base-src /tmp/b-base/src
+
+``--allocators`` adds the current code under ``--allocator system`` (the C library's own
+policy for freed memory) beside the default ``release``, in both tables.
 """
 
 from __future__ import annotations
@@ -123,7 +126,14 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     )
 
 
-def _setup(data: str, max_length: int, repeat: bool, batch_size: int, micro: int | None = None):
+def _setup(
+    data: str,
+    max_length: int,
+    repeat: bool,
+    batch_size: int,
+    micro: int | None = None,
+    allocator: str | None = None,
+):
     import torch
 
     from seer.core.models import load_model
@@ -132,7 +142,9 @@ def _setup(data: str, max_length: int, repeat: bool, batch_size: int, micro: int
     torch.manual_seed(0)
     model, tokenizer = load_model("embedded", device="cpu", dtype=torch.float32)
     rows, retain = _rows(data, max_length if repeat else None)
-    extra = {"micro_batch_size": micro} if micro else {}  # gradient caching: current code only
+    extra: dict = {"micro_batch_size": micro} if micro else {}  # gradient caching: current only
+    if allocator:  # --allocator: current code only
+        extra["allocator"] = allocator
     config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
@@ -203,7 +215,12 @@ def child_memory(args: argparse.Namespace) -> dict:
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     trainer, b = _setup(
-        args.data, args.length, repeat=True, batch_size=args.batch_size, micro=args.micro_batch_size
+        args.data,
+        args.length,
+        repeat=True,
+        batch_size=args.batch_size,
+        micro=args.micro_batch_size,
+        allocator=args.allocator,
     )
     batch = _batch(trainer, 0, b)
     padded = {k: tuple(v["input_ids"].shape) for k, v in batch.items() if isinstance(v, dict)}
@@ -232,7 +249,9 @@ def child_speed(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    trainer, b = _setup(args.data, 512, repeat=False, batch_size=args.batch_size)
+    trainer, b = _setup(
+        args.data, 512, repeat=False, batch_size=args.batch_size, allocator=args.allocator
+    )
     batches = [_batch(trainer, i, b) for i in range(1 + args.steps)]
     _step(trainer, batches[0], args.autocast)  # warm-up
     walls, per_token, flops, real_share = [], [], [], []
@@ -308,9 +327,11 @@ def estimates(args: argparse.Namespace) -> None:
         print(f"{name:>6} {plain / 2**30:>13.1f} {ckpt / 2**30:>19.1f}", flush=True)
 
 
-def run_child(src: str, mode: str, extra: list[str]) -> dict:
+def run_child(version: tuple[str, list[str]], mode: str, extra: list[str]) -> dict:
+    """One child of ``version`` (its src folder and its own child flags)."""
+    src, flags = version
     env = {**os.environ, "PYTHONPATH": src}
-    cmd = [sys.executable, __file__, "--child", mode, *extra]
+    cmd = [sys.executable, __file__, "--child", mode, *flags, *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -335,21 +356,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--estimate-only", action="store_true", help="the memory plan's estimates")
     p.add_argument("--only", choices=("base", "current"), help="measure one version only")
+    p.add_argument(
+        "--allocators",
+        action="store_true",
+        help="also measure the current code with --allocator system (the C library's policy)",
+    )
+    p.add_argument("--allocator", help=argparse.SUPPRESS)
     p.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
     p.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
+Versions = dict[str, tuple[str, list[str]]]
+
+
+def _memory_table(args: argparse.Namespace, versions: Versions) -> dict:
     results: dict[str, dict[int, dict]] = {v: {} for v in versions}
     print(f"{'tokens':>6} " + " ".join(f"{v + ' peak MiB':>18} {'step MiB':>9}" for v in versions))
     for n in args.lengths:
         extra = ["--length", str(n), "--batch-size", str(args.batch_size), "--data", args.data]
         extra += ["--micro-batch-size", str(args.micro_batch_size)] * bool(args.micro_batch_size)
         extra += ["--limit-gb", str(args.limit_gb)]
-        for v, src in versions.items():
-            results[v][n] = run_child(src, "memory", extra)
+        for v, version in versions.items():
+            results[v][n] = run_child(version, "memory", extra)
         cells = []
         for v in versions:
             r = results[v][n]
@@ -367,16 +397,16 @@ def _memory_table(args: argparse.Namespace, versions: dict[str, str]) -> dict:
     return results
 
 
-def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
-    variants = [(v, src, False) for v, src in versions.items()]
+def _speed(args: argparse.Namespace, versions: Versions) -> None:
+    variants = [(v, version, False) for v, version in versions.items()]
     if args.bf16:
         variants.append(("current+bf16", versions["current"], True))
     extra = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--data", args.data]
     extra += ["--threads", str(args.threads)]
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     for _ in range(args.rounds):  # alternate, so that background load hits every variant
-        for name, src, autocast in variants:
-            runs[name].append(run_child(src, "speed", extra + ["--autocast"] * autocast))
+        for name, version, autocast in variants:
+            runs[name].append(run_child(version, "speed", extra + ["--autocast"] * autocast))
     summary = {}
     for name, rs in runs.items():
         ok = [r for r in rs if "s_per_token" in r]
@@ -397,6 +427,9 @@ def _speed(args: argparse.Namespace, versions: dict[str, str]) -> None:
         )
     if "base" in summary and "current" in summary:
         print(f"seconds per real token current/base: {summary['current'] / summary['base']:.3f}")
+    if "current+system" in summary:
+        ratio = summary["current"] / summary["current+system"]
+        print(f"seconds per real token --allocator release/system: {ratio:.3f}")
     if "current+bf16" in summary:
         print(f"step speed bf16/float32: {summary['current'] / summary['current+bf16']:.2f}x")
 
@@ -411,12 +444,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result), flush=True)
         return
     current = str(Path(__file__).resolve().parents[1] / "src")
-    versions = {"base": args.base_src, "current": current} if args.base_src else {}
-    versions = versions or {"current": current}
+    versions: Versions = {"current": (current, [])}
+    if args.base_src:
+        versions = {"base": (args.base_src, []), **versions}
     if args.only:
         versions = {args.only: versions[args.only]}
+    if args.allocators:
+        versions["current+system"] = (current, ["--allocator", "system"])
     micro = f", micro-batches of {args.micro_batch_size}" if args.micro_batch_size else ""
-    print(f"B={args.batch_size} pairs{micro}, embedded model, float32; versions: {versions}")
+    shown = {v: " ".join([src, *flags]) for v, (src, flags) in versions.items()}
+    print(f"B={args.batch_size} pairs{micro}, embedded model, float32; versions: {shown}")
     if not args.no_speed:
         _speed(args, versions)
     if args.no_memory:

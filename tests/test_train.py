@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -351,6 +354,44 @@ def test_lora_initialisation_follows_the_seed(tmp_path, tokenizer, concept_file,
     first, second = lora_a("a"), lora_a("bb")
     assert first and first.keys() == second.keys()
     assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+_RETAINED = """
+import ctypes, sys
+from seer.core.memory import release_freed_memory
+applied = release_freed_memory() if sys.argv[1] == "release" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+big = libc.malloc(8 << 20); ctypes.memset(big, 1, 8 << 20); libc.free(big)  # a freed activation
+base = rss()
+blocks = [libc.malloc(1 << 20) for _ in range(200)]  # the next step's activations, 1 MiB each
+for b in blocks: ctypes.memset(b, 1, 1 << 20)
+pin = libc.malloc(1 << 20); ctypes.memset(pin, 1, 1 << 20)  # one kept above them
+for b in blocks: libc.free(b)
+print(applied, (rss() - base) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_release_freed_memory_gives_freed_blocks_back_to_the_os():
+    """By glibc's own policy a freed large block raises the mmap threshold, so the next
+    step's blocks come from the heap and stay resident once freed (200 MiB here); with
+    ``--allocator release`` (the default) they are unmapped when freed. A
+    MALLOC_MMAP_THRESHOLD_ in the environment is left as the user set it."""
+
+    def retained(mode: str, **env: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _RETAINED, mode],
+            capture_output=True, text=True, check=True, env={**os.environ, **env},
+        ).stdout.split()  # fmt: skip
+        return out[0], int(out[1])
+
+    applied, kept = retained("release")
+    assert applied == "True" and kept < 20, kept
+    assert retained("system")[1] > 150  # what the release policy saves
+    assert retained("release", MALLOC_MMAP_THRESHOLD_="131072")[0] == "False"
 
 
 def test_checkpointing_is_switched_step_by_step(tmp_path, tokenizer, concept_file, retain_file):

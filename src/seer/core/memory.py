@@ -13,9 +13,11 @@ measured peak.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,7 @@ __all__ = [
     "estimate_step",
     "free_memory",
     "padding_share",
+    "release_freed_memory",
     "set_checkpointing",
 ]
 
@@ -206,3 +209,31 @@ def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
             module, "_gradient_checkpointing_func"
         ):
             setattr(module, "gradient_checkpointing", on)  # noqa: B010 (a plain bool flag)
+
+
+# glibc's mallopt parameters (malloc.h) and the block size above which memory goes back at once.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+RELEASE_ABOVE = 128 * 1024
+
+
+def release_freed_memory() -> bool:
+    """Have glibc's malloc serve every block over 128 KiB by ``mmap`` (so that freeing it
+    unmaps it) and trim the heap's free top above 128 KiB, for the rest of the process.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB
+    on 64-bit), so a training step's activations, freed in backward, are then served from the
+    heap, where the pages stay resident; the peak RSS of the next step grows by what the heap
+    kept. ``bench/train_memory.py`` measures both. Returns whether it was applied: not off
+    glibc (musl, macOS, Windows: nothing happens), nor when the environment sets
+    ``MALLOC_MMAP_THRESHOLD_`` (the user's choice wins).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, RELEASE_ABOVE) and mallopt(M_TRIM_THRESHOLD, RELEASE_ABOVE)
+    )

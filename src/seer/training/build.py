@@ -30,6 +30,7 @@ from seer.core.memory import (
     free_memory,
     gib,
     padding_share,
+    release_freed_memory,
 )
 from seer.errors import SeerError
 from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
@@ -303,6 +304,8 @@ def build_trainer(
     dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
     plan = plan_memory(config, peft_model, dataset, layer, n_layers, len(targets))
     logger.info("memory: %s", plan.describe())
+    if config.allocator == "release" and release_freed_memory():
+        logger.info("memory: freed blocks over 128 KiB go back to the OS at once (--allocator)")
     if plan.checkpointing:
         peft_model.enable_input_require_grads()
         peft_model.activation_checkpointing_enable(
