@@ -378,7 +378,7 @@ print(applied, (rss() - base) >> 20)
 def test_release_freed_memory_gives_freed_blocks_back_to_the_os():
     """By glibc's own policy a freed large block raises the mmap threshold, so the next
     step's blocks come from the heap and stay resident once freed (200 MiB here); with
-    ``--allocator release`` (the default) they are unmapped when freed. A
+    ``--allocator release`` they are unmapped when freed. A
     MALLOC_MMAP_THRESHOLD_ in the environment is left as the user set it."""
 
     def retained(mode: str, **env: str) -> tuple[str, int]:

@@ -223,7 +223,9 @@ def release_freed_memory() -> bool:
     By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB
     on 64-bit), so a training step's activations, freed in backward, are then served from the
     heap, where the pages stay resident; the peak RSS of the next step grows by what the heap
-    kept. ``bench/train_memory.py`` measures both. Returns whether it was applied: not off
+    kept. The price is time: every large block is then a fresh mapping, page-faulted and
+    zeroed (a default CPU step ran 2.6x slower). ``bench/train_memory.py --allocators``
+    measures both. Returns whether it was applied: not off
     glibc (musl, macOS, Windows: nothing happens), nor when the environment sets
     ``MALLOC_MMAP_THRESHOLD_`` (the user's choice wins).
     """
