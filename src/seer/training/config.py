@@ -173,9 +173,8 @@ class TrainConfig:
         "system",
         "how the process's freed CPU memory is handled: 'system' (the C library's own policy) "
         "or 'release' (glibc: every block over 128 KiB comes from and goes back to the OS, so "
-        "freed activations do not stay resident; measured: a 256-token step peaked 29% lower and "
-        "a checkpointed 512-token step 72% lower, but steps ran 2.6x slower, docs/performance.md). "
-        "A MALLOC_MMAP_THRESHOLD_ set in the environment always wins",
+        "freed activations do not stay resident: a far lower peak, but far slower steps; "
+        "measured in docs/performance.md). A MALLOC_MMAP_THRESHOLD_ in the environment wins",
     )
     pad_to_multiple_of: int | None = _f(None, "round padded lengths up (e.g. 64 on GPUs)")
     # --- run ---------------------------------------------------------------------------
