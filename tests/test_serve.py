@@ -40,8 +40,20 @@ def reference(run_dir, tokenizer):
 
 
 @contextlib.contextmanager
-def serving(run_dir, tokenizer, **kw):
-    app = create_app(make_explainer(run_dir, tokenizer), model_id="tiny", **kw)
+def serving(run_dir, tokenizer, *, endless: bool = False, **kw):
+    """``seer serve`` of the tiny run; ``endless``: its model never emits EOS, so a reply runs
+    to its ``max_tokens`` (tests that need a request to stay running, whatever the tiny
+    model's greedy reply would be)."""
+    explainer = make_explainer(run_dir, tokenizer)
+    if endless:
+        eos = tokenizer.eos_token_id
+
+        def no_eos(module, args, logits):
+            logits[..., eos] = float("-inf")
+            return logits
+
+        explainer.model.get_output_embeddings().register_forward_hook(no_eos)
+    app = create_app(explainer, model_id="tiny", **kw)
     with running(app) as url:
         yield url
 
@@ -241,7 +253,7 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
 
 # --- disconnects and a full queue ------------------------------------------------------------
 def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
-    with serving(run_dir, tokenizer, max_batch_size=1, max_queue=0) as base:
+    with serving(run_dir, tokenizer, endless=True, max_batch_size=1, max_queue=0) as base:
         body = {
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 200,
@@ -259,7 +271,9 @@ def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
 
 
 def test_full_queue_answers_429_at_once(run_dir, tokenizer):
-    with serving(run_dir, tokenizer, max_batch_size=1, max_queue=1) as base:
+    # A must still be generating when C arrives: with an EOS A could end early, B would take
+    # its slot and C the free queue place (a 200, seen once in CI).
+    with serving(run_dir, tokenizer, endless=True, max_batch_size=1, max_queue=1) as base:
         body = {
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 200,
