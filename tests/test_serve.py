@@ -40,22 +40,29 @@ def reference(run_dir, tokenizer):
 
 
 @contextlib.contextmanager
-def serving(run_dir, tokenizer, *, endless: bool = False, **kw):
-    """``seer serve`` of the tiny run; ``endless``: its model never emits EOS, so a reply runs
-    to its ``max_tokens`` (tests that need a request to stay running, whatever the tiny
-    model's greedy reply would be)."""
+def serving(run_dir, tokenizer, *, gate: threading.Event | None = None, **kw):
+    """``seer serve`` of the tiny run. With a ``gate``, its model never emits EOS and, after its
+    first two forward passes, waits until the gate is set: a request then stays running for as
+    long as the test needs (how fast the tiny model would finish its reply does not matter)."""
     explainer = make_explainer(run_dir, tokenizer)
-    if endless:
-        eos = tokenizer.eos_token_id
+    if gate is not None:
+        eos, calls = tokenizer.eos_token_id, [0]
 
-        def no_eos(module, args, logits):
+        def held(module, args, logits):
+            calls[0] += 1
+            if calls[0] > 2:
+                assert gate.wait(60), "the test never opened the gate"
             logits[..., eos] = float("-inf")
             return logits
 
-        explainer.model.get_output_embeddings().register_forward_hook(no_eos)
+        explainer.model.get_output_embeddings().register_forward_hook(held)
     app = create_app(explainer, model_id="tiny", **kw)
     with running(app) as url:
-        yield url
+        try:
+            yield url
+        finally:  # before the server stops: its worker may be waiting at the gate
+            if gate is not None:
+                gate.set()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +260,8 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
 
 # --- disconnects and a full queue ------------------------------------------------------------
 def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
-    with serving(run_dir, tokenizer, endless=True, max_batch_size=1, max_queue=0) as base:
+    gate = threading.Event()
+    with serving(run_dir, tokenizer, gate=gate, max_batch_size=1, max_queue=0) as base:
         body = {
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 200,
@@ -263,6 +271,7 @@ def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             assert health(base)["running"] == 1
+        gate.set()  # the row goes on only now, so it sees its client gone
         wait_for(lambda: health(base)["running"] == 0)
         stats = health(base)
         assert stats["cancelled"] == 1 and stats["completed"] == 0
@@ -271,9 +280,10 @@ def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
 
 
 def test_full_queue_answers_429_at_once(run_dir, tokenizer):
-    # A must still be generating when C arrives: with an EOS A could end early, B would take
-    # its slot and C the free queue place (a 200, seen once in CI).
-    with serving(run_dir, tokenizer, endless=True, max_batch_size=1, max_queue=1) as base:
+    # A must still be generating when C arrives. Were it free to run, the tiny model could finish
+    # its 200 tokens first, B take its slot and C the free queue place (a 200, seen in CI).
+    gate = threading.Event()
+    with serving(run_dir, tokenizer, gate=gate, max_batch_size=1, max_queue=1) as base:
         body = {
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 200,
@@ -290,6 +300,7 @@ def test_full_queue_answers_429_at_once(run_dir, tokenizer):
                 assert c.status_code == 429
                 assert c.json()["error"]["code"] == "queue_full"
                 assert b.status_code == 200
+                gate.set()
         wait_for(lambda: health(base)["running"] + health(base)["waiting"] == 0)
 
 
