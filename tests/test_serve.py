@@ -17,6 +17,7 @@ from conftest import embedded_run, make_explainer, tiny_llama  # noqa: E402
 
 from seer.cli import main as cli_main  # noqa: E402
 from seer.errors import SeerError  # noqa: E402
+from seer.inference.decoding import eos_ids  # noqa: E402
 from seer.inference.explainer import Explainer  # noqa: E402
 from seer.inference.monitor import Monitor  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
@@ -40,19 +41,21 @@ def reference(run_dir, tokenizer):
 
 
 @contextlib.contextmanager
-def serving(run_dir, tokenizer, *, gate: threading.Event | None = None, **kw):
-    """``seer serve`` of the tiny run. With a ``gate``, its model never emits EOS and, after its
-    first two forward passes, waits until the gate is set: a request then stays running for as
-    long as the test needs (how fast the tiny model would finish its reply does not matter)."""
+def serving(run_dir, tokenizer, *, gate: threading.Event | None = None, pace: float = 0.0, **kw):
+    """``seer serve`` of the tiny run. With a ``gate`` or a ``pace``, its model never emits EOS
+    and a request stays running for as long as the test needs, however fast the tiny model
+    would finish its reply (200 tokens in 0.12 s): a ``gate`` holds it after its first two
+    forward passes until the test sets it; a ``pace`` makes each forward pass last that long."""
     explainer = make_explainer(run_dir, tokenizer)
-    if gate is not None:
-        eos, calls = tokenizer.eos_token_id, [0]
+    if gate is not None or pace:
+        ends, calls = sorted(eos_ids(explainer.model)), [0]
 
         def held(module, args, logits):
             calls[0] += 1
-            if calls[0] > 2:
+            if gate is not None and calls[0] > 2:
                 assert gate.wait(60), "the test never opened the gate"
-            logits[..., eos] = float("-inf")
+            time.sleep(pace)
+            logits[..., ends] = float("-inf")
             return logits
 
         explainer.model.get_output_embeddings().register_forward_hook(held)
@@ -234,7 +237,7 @@ def test_concurrent_requests_share_batches_and_read_like_one_alone(url, referenc
 
 
 def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer):
-    with serving(run_dir, tokenizer, max_batch_size=2, max_queue=0) as base:
+    with serving(run_dir, tokenizer, pace=0.02, max_batch_size=2, max_queue=0) as base:
         body = {
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 200,
@@ -242,7 +245,7 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
         }
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
             lines = a.iter_lines()
-            next(lines)  # A is generating its 200 tokens
+            next(lines)  # A is generating its 200 tokens, for 4 s at least
             short = post(
                 base,
                 {"messages": [{"role": "user", "content": "what is a comet"}], "max_tokens": 3},
@@ -251,11 +254,8 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
             stats = health(base)
             assert stats["running"] == 1 and stats["completed"] == 1 and stats["joined"] == 1
             rest = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
-        end = rest[-1]["choices"][0]["finish_reason"]
-        assert end in ("length", "stop")  # A went on to its own end: its budget, or its EOS
-        assert len(rest) > 1  # A kept streaming after B had finished
-        if end == "length":
-            assert len(rest) == 200 + 1  # A's remaining tokens (the first came before B), the end
+        assert rest[-1]["choices"][0]["finish_reason"] == "length"  # A went on to its budget
+        assert len(rest) == 200 + 1  # A's remaining tokens (the first came before B), the end
 
 
 # --- disconnects and a full queue ------------------------------------------------------------
