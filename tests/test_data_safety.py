@@ -17,13 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
+from conftest import (
+    held_by_another_process,
+    make_tokenizer,
+    tiny_llama,
+    write_concepts,
+    write_retain,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from seer import cli
-from seer.core.folders import check_target, claim_output, lock_path
+from seer.core.folders import check_target, claim_output, lock_path, replace_folder
 from seer.core.run import FORMAT_VERSION, load_trained, read_run
 from seer.errors import SeerError
 
@@ -625,3 +631,30 @@ def test_commands_on_damaged_run_folders(monkeypatch, folder, command):
         event(f"status {status}")
         assert_one_line(status, err)
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("inside", ["eval", "detox"])
+def test_replacing_a_run_waits_for_the_command_writing_inside_it(tmp_path, inside):
+    """``seer train --overwrite DIR`` (or ``export``) ends by replacing ``DIR``; were
+    ``seer evaluate DIR`` still writing ``DIR/eval``, its files would land in the new run (it
+    writes by path). The replacement waits for that writer, and holds its lock meanwhile."""
+    import threading
+
+    run, partial = tmp_path / "run", tmp_path / "run.partial"
+    for folder, text in ((run, "old"), (partial, "new")):
+        folder.mkdir()
+        (folder / "seer.json").write_text(text)
+    done = threading.Event()
+
+    def replace():
+        replace_folder(partial, run)
+        done.set()
+
+    with held_by_another_process(run / inside):
+        thread = threading.Thread(target=replace, daemon=True)
+        thread.start()
+        assert not done.wait(1.5)  # it waits for the writer ...
+        assert (run / "seer.json").read_text() == "old"
+    assert done.wait(10)  # ... and replaces once that writer is gone
+    assert (run / "seer.json").read_text() == "new"
+    assert not lock_path(run / inside).exists() and not partial.exists()

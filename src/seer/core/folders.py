@@ -7,7 +7,8 @@
   (``O_EXCL``) and holds the writer's pid and host; while the writer lives it also holds an
   ``flock`` on it. A lock whose process is gone is stale and is taken over, with a warning.
   Commands that write into a run in place (``seer evaluate``: ``DIR/eval``; ``seer
-  detox-eval``: ``DIR/detox``) hold the same kind of lock on what they write (:func:`hold_lock`).
+  detox-eval``: ``DIR/detox``) hold the same kind of lock on what they write (:func:`hold_lock`),
+  and replacing ``DIR`` waits for them.
 * **Atomic results.** The folder is built under ``DIR.partial`` and renamed at the end. A run
   that fails leaves nothing behind (its ``.partial`` is removed, unless it was already there
   or holds a checkpoint); an interrupted or killed run keeps its checkpoint.
@@ -43,6 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MARKER = "seer.json"
+#: Folders that commands write inside a run in place, each under its own lock (:func:`hold_lock`).
+IN_PLACE = ("eval", "detox")
 
 
 def partial_path(output: str | Path) -> Path:
@@ -268,16 +271,48 @@ def apply_umask(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+@contextlib.contextmanager
+def _writers_inside_done(output: Path, poll: float = 0.5) -> Iterator[None]:
+    """Hold the locks of the commands that write into ``output`` in place (:data:`IN_PLACE`),
+    waiting for a live holder to finish: they write by path, so replacing ``output`` under
+    them would put the old run's results into the new one. Held, no new one starts."""
+    held: list[tuple[Path, int]] = []
+    try:
+        for name in IN_PLACE if output.is_dir() else ():
+            folder, waited = output / name, False
+            while True:
+                try:
+                    held.append((lock_path(folder), _acquire(lock_path(folder), folder, "")))
+                    break
+                except SeerError:
+                    if not waited:
+                        logger.warning(
+                            "waiting for %s to finish writing %s before replacing %s",
+                            _describe(_read_lock(lock_path(folder))),
+                            folder,
+                            output,
+                        )
+                        waited = True
+                    time.sleep(poll)
+        yield
+    finally:
+        for lock, fd in held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            os.close(fd)
+
+
 def replace_folder(partial: Path, output: str | Path) -> Path:
-    """Atomically move the finished ``partial`` to ``output``, replacing an old one; its
-    modes follow the user's umask."""
+    """Atomically move the finished ``partial`` to ``output``, replacing an old one once no
+    command writes inside it; its modes follow the user's umask."""
     output = Path(output)
     apply_umask(partial)
     if output.exists():
         old = output.with_name(f".{output.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(partial, output)
+        with _writers_inside_done(output):
+            os.replace(output, old)
+            os.replace(partial, output)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(partial, output)
