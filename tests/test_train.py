@@ -1,4 +1,5 @@
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -76,6 +77,45 @@ def test_build_pairs_schedule():
     assert {p["mode1"] for p in prompt_only} == {"prompt"} and {
         p["retain"] for p in prompt_only
     } == {-1}
+
+
+def test_grouping_by_length_keeps_the_schedule_and_each_batchs_concept_mix():
+    from seer.core.memory import padding_share
+    from seer.training.pairs import group_by_length
+
+    concepts = [c for c in "abcd" for _ in range(30)]
+    kw = dict(epochs=2, balanced=True, format_probs=(0.75, 0.125, 0.125), n_retain=50, seed=3)
+    pairs = build_pairs(concepts, [True] * 120, batch_size=8, **kw)
+    rng = random.Random(0)
+    text = [rng.randint(10, 400) for _ in range(120)]
+    retain = [rng.randint(10, 400) for _ in range(50)]
+    lengths = [(text[p["view1"]], text[p["view2"]], retain[p["retain"]]) for p in pairs]
+    grouped = group_by_length(pairs, lengths, batch_size=8, window=5, seed=3)
+    assert grouped == group_by_length(pairs, lengths, batch_size=8, window=5, seed=3)  # seeded
+
+    def drop_retain(ps):
+        return sorted(tuple(sorted((k, v) for k, v in p.items() if k != "retain")) for p in ps)
+
+    assert drop_retain(grouped) == drop_retain(pairs)  # the same pairs and positives
+    for start in range(0, len(pairs), 40):  # each run of 5 batches keeps its retain texts
+        window = slice(start, start + 40)
+        assert Counter(p["retain"] for p in grouped[window]) == Counter(
+            p["retain"] for p in pairs[window]
+        )
+        for b in range(start, start + 40, 8):  # 2 of each concept per batch, give or take 1
+            counts = Counter(concepts[p["view1"]] for p in grouped[b : b + 8])
+            assert set(counts) == set("abcd") and max(counts.values()) <= 3
+
+    def real(ps):
+        parts = [
+            [[text[p["view1"]] for p in ps[b : b + 8]] for b in range(0, len(ps), 8)],
+            [[retain[p["retain"]] for p in ps[b : b + 8]] for b in range(0, len(ps), 8)],
+        ]
+        return [padding_share(part) for part in parts]
+
+    before, after = real(pairs), real(grouped)
+    assert after[0] > before[0] + 0.15 and after[1] > before[1] + 0.15  # view 1, retain
+    assert [p["view1"] for p in grouped] != [p["view1"] for p in pairs]
 
 
 @pytest.mark.parametrize("objective", ["supcon", "paper"])

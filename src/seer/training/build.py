@@ -32,10 +32,17 @@ from seer.core.memory import (
     padding_share,
     release_freed_memory,
 )
+from seer.core.precision import choose_bf16
 from seer.errors import SeerError
 from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
 from seer.training.health import HealthCallback, chance_loss, probe_steps
-from seer.training.pairs import PairCollator, PairDataset, build_pairs
+from seer.training.pairs import (
+    LENGTH_WINDOW,
+    PairCollator,
+    PairDataset,
+    build_pairs,
+    group_by_length,
+)
 from seer.training.trainer import SeerTrainer
 
 __all__ = ["build_trainer", "default_layer", "learning_rate", "lora_targets", "plan_memory"]
@@ -87,20 +94,8 @@ def resolve_layer(config: TrainConfig, model: torch.nn.Module) -> tuple[int, int
 
 def _batch_lengths(dataset: PairDataset, batch_size: int) -> list[list[tuple[int, int, int]]]:
     """Text lengths (view 1, view 2, retain) of every row of every batch of the schedule."""
-    out = []
-    for start in range(0, len(dataset) - batch_size + 1, batch_size):
-        rows = [dataset[i] for i in range(start, start + batch_size)]
-        out.append(
-            [
-                (
-                    len(r["view1"].input_ids),
-                    len(r["view2"].input_ids),
-                    len(r["retain"].input_ids) if r["retain"] is not None else 0,
-                )
-                for r in rows
-            ]
-        )
-    return out
+    lengths, size = dataset.lengths(), batch_size
+    return [lengths[s : s + size] for s in range(0, len(lengths) - size + 1, size)]
 
 
 EAGER_ATTENTION = (
@@ -135,7 +130,12 @@ def plan_memory(
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     kl, l2 = config.kl_weight > 0, config.retain_l2_weight > 0 and len(dataset.retain) > 0
     real = padding_share([[r[k] for r in b] for b in batches for k in (0, 1, 2) if b[0][k]])
-    logger.info("padding: %.0f%% of the padded tokens of the schedule are real", 100 * real)
+    grouped = (
+        "grouped by length" if config.group_by_length else "not grouped (--no-group-by-length)"
+    )
+    logger.info(
+        "padding: %.0f%% of the padded tokens of the schedule are real (%s)", 100 * real, grouped
+    )
 
     Lengths = Sequence[tuple[int, int, int]]
 
@@ -237,7 +237,8 @@ def _arguments(
         activation_checkpointing=gc,
         activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         use_cpu=not torch.cuda.is_available(),
-        **config.trainer_arguments(),
+        **config.trainer_arguments()
+        | {"bf16": choose_bf16(config.bf16, config.fp16, torch.cuda.is_available())},
     )
 
 
@@ -302,6 +303,14 @@ def build_trainer(
     )
     warn_truncated(tokenizer, list(train_rows), config.max_length, "training examples")
     dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
+    if config.group_by_length:
+        dataset.pairs = group_by_length(
+            pairs,
+            dataset.lengths(),
+            batch_size=config.batch_size * int(os.environ.get("WORLD_SIZE", "1")),
+            window=LENGTH_WINDOW,
+            seed=config.seed,
+        )
     plan = plan_memory(config, peft_model, dataset, layer, n_layers, len(targets))
     logger.info("memory: %s", plan.describe())
     if config.allocator == "release" and release_freed_memory():

@@ -146,6 +146,11 @@ class TrainConfig:
         "pairs per step (per process); supcon and paper both need 2 or more (an item's "
         "positives, or the negatives, are the other pairs of its batch)",
     )
+    group_by_length: bool = _f(
+        True,
+        "put texts of similar length in the same batch (within runs of batches, each batch "
+        "keeping its mix of concepts), so less of a step is padding",
+    )
     learning_rate: float | None = _f(
         None,
         "AdamW learning rate, constant. None: the paper's rate for models of a billion "
@@ -187,7 +192,11 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "steps whose gradients are summed per update")
     lr_scheduler_type: str = _f("constant", "learning-rate schedule (a transformers SchedulerType)")
     warmup_steps: int = _f(0, "linear warm-up of the learning rate over this many updates")
-    bf16: bool = _f(False, "bfloat16 autocast (CPUs with AVX-512 BF16, recent GPUs)")
+    bf16: bool | None = _f(
+        None,
+        "bfloat16 autocast of the step's passes; unset: on where the hardware computes bfloat16 "
+        "natively (GPUs that support it, CPUs with AVX-512 BF16, AMX or Arm BF16), off elsewhere",
+    )
     fp16: bool = _f(False, "float16 autocast with loss scaling (GPUs)")
     report_to: tuple[str, ...] = _f(("none",), "trackers for the logs: none, tensorboard, wandb")
     save_total_limit: int | None = _f(1, "checkpoints kept (the latest); None: all")

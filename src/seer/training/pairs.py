@@ -2,7 +2,7 @@
 
 :func:`build_pairs` draws the whole schedule up front (seeded, resumable); :class:`PairDataset`
 tokenises its items on first use; :class:`PairCollator` right-pads each part of a batch to its
-own longest text.
+own longest text, and :func:`group_by_length` gathers similar lengths into a batch.
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ from transformers import PreTrainedTokenizerBase
 
 from seer.core.formatting import Encoded, Mode, encode, pad_batch
 
-__all__ = ["MODES", "PairCollator", "PairDataset", "build_pairs"]
+__all__ = [
+    "LENGTH_WINDOW",
+    "MODES",
+    "PairCollator",
+    "PairDataset",
+    "build_pairs",
+    "group_by_length",
+]
 
 MODES = ("full", "prompt", "response")
+#: Batches per run within which :func:`group_by_length` sorts (``seer train --group-by-length``):
+#: long enough to gather similar lengths, short enough that the schedule's order of concepts
+#: and retain texts over an epoch stays as drawn.
+LENGTH_WINDOW = 16
 
 
 def build_pairs(
@@ -80,6 +91,51 @@ def build_pairs(
     return pairs
 
 
+def group_by_length(
+    pairs: list[dict],
+    lengths: Sequence[tuple[int, int, int]],
+    *,
+    batch_size: int,
+    window: int,
+    seed: int,
+) -> list[dict]:
+    """The schedule reordered so that the texts sharing a batch have similar lengths, since each
+    part of a batch is padded to its longest text; ``lengths[i]``: pair ``i``'s view 1, view 2
+    and retain text lengths.
+
+    Within each run of ``window`` batches, each concept's pairs are ranked by the length of
+    their view 1 and the run's pairs are dealt into batches by that rank's quantile (the first
+    batch gets the shortest of every concept), so a batch keeps its mix of concepts; the run's
+    retain texts are dealt likewise, by their own length. The batches' order within the run is
+    then shuffled (seeded). The schedule keeps the same pairs, positives and retain texts; only
+    which of them share a batch changes.
+    """
+    rng = random.Random(f"{seed}-length")
+    span = batch_size * window
+    out: list[dict] = []
+    for start in range(0, len(pairs), span):
+        ids = range(start, min(start + span, len(pairs)))
+        by_concept: dict[int, list[int]] = defaultdict(list)
+        for i in ids:
+            by_concept[pairs[i]["concept"]].append(i)
+        ranked = []
+        for concept, members in by_concept.items():
+            members.sort(key=lambda i: lengths[i][0])
+            ranked += [((r + 0.5) / len(members), concept, i) for r, i in enumerate(members)]
+        order = [i for *_, i in sorted(ranked)]
+        retain = [j for _, j in sorted((lengths[i][2], pairs[i]["retain"]) for i in ids)]
+        batches = [
+            [
+                {**pairs[i], "retain": j}
+                for i, j in zip(order[b : b + batch_size], retain[b : b + batch_size], strict=True)
+            ]
+            for b in range(0, len(order), batch_size)
+        ]
+        rng.shuffle(batches)
+        out += [pair for batch in batches for pair in batch]
+    return out
+
+
 class PairDataset(Dataset):
     """Items of the schedule from :func:`build_pairs`, tokenised on first use."""
 
@@ -106,6 +162,21 @@ class PairDataset(Dataset):
                 self.tokenizer, ex.get("prompt"), ex.get("response"), mode, self.max_length
             )
         return self._cache[key]
+
+    def lengths(self) -> list[tuple[int, int, int]]:
+        """Every pair's view 1, view 2 and retain text lengths in tokens (0: no retain text)."""
+        out = []
+        for i in range(len(self)):
+            item = self[i]
+            retain = item["retain"]
+            out.append(
+                (
+                    len(item["view1"].input_ids),
+                    len(item["view2"].input_ids),
+                    len(retain.input_ids) if retain is not None else 0,
+                )
+            )
+        return out
 
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]

@@ -218,6 +218,7 @@ def _write_run(
         "positions": list(config.positions),
         "concepts": names,
         "learning_rate": trainer.args.learning_rate,
+        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "float32",
         "calibration": calibration,
         "health": trainer.health.warnings,
         "train": {
