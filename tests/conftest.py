@@ -92,16 +92,6 @@ def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 4):
     return model
 
 
-@pytest.fixture(scope="session", autouse=True)
-def float32_on_any_machine():
-    """Training left to choose its precision trains in float32 here, as on a machine without
-    native bf16, so every test sees the same numerics wherever it runs (the choice itself is
-    tested in test_precision.py; subprocess tests pass ``bf16=False``)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("seer.core.precision.native_bf16", lambda cuda, cpuinfo=None: None)
-        yield
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent(
     tok = make_tokenizer()
     kw = dict(model="tiny", data=str(d / "c.jsonl"), retain_data=str(d / "r.jsonl"),
               epochs=2, batch_size=4, layer=1, test_fraction=0.34, lora_dropout=0.0,
-              logging_steps=1, bf16=False)  # exactness is float32's
+              logging_steps=1)
     # Gradient caching with cross-process negatives: the averaged parameter gradients of a
     # step equal those of the same per-process batches done whole.
     cfg = TrainConfig(output=str(d / "grads"), **kw)

@@ -1,5 +1,5 @@
-"""``seer train``'s precision when neither ``--bf16`` nor ``--no-bf16`` is given: bf16 autocast
-where the hardware computes bfloat16 natively, float32 elsewhere; the flags always win."""
+"""``seer train``'s precision: float32 unless ``--bf16``, on every machine; the log says what the
+hardware makes of the choice (bf16 emulated, or native and unused)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from test_train import _trainer_on_tiny
 
 from seer.core import precision
-from seer.core.precision import choose_bf16, native_bf16  # the real ones (conftest pins them)
+from seer.core.precision import choose_bf16, native_bf16
 from seer.training.config import TrainConfig
 
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
@@ -29,38 +29,28 @@ def test_native_bf16_reads_the_cpu_flags(cpuinfo, native):
         assert "bf16" in why  # the log names the flag it found
 
 
-def test_a_flag_wins_over_the_hardware(monkeypatch):
-    monkeypatch.setattr(precision, "native_bf16", lambda cuda, cpuinfo=None: "flag")
-    assert choose_bf16(None, fp16=False, cuda=False) is True
-    assert choose_bf16(False, fp16=False, cuda=False) is False  # --no-bf16
-    assert choose_bf16(None, fp16=True, cuda=True) is False  # --fp16 chose another precision
-    monkeypatch.setattr(precision, "native_bf16", lambda cuda, cpuinfo=None: None)
-    assert choose_bf16(None, fp16=False, cuda=False) is False
-    assert choose_bf16(True, fp16=False, cuda=False) is True  # --bf16 forces it
-
-
-def test_unset_precision_reaches_the_trainer_by_the_hardware(
-    tmp_path, tokenizer, concept_file, retain_file, monkeypatch, caplog
-):
-    assert TrainConfig().bf16 is None  # the default is the hardware's choice
+def test_the_flag_decides_and_the_log_says_what_the_hardware_makes_of_it(monkeypatch, caplog):
     monkeypatch.setattr(precision, "native_bf16", lambda cuda, cpuinfo=None: "this CPU has x")
     with caplog.at_level(logging.INFO, logger="seer.core.precision"):
-        native = _trainer_on_tiny(tmp_path / "a", tokenizer, concept_file, retain_file)
-    assert native.args.bf16 and "bf16 autocast, since this CPU has x" in caplog.text
-    off = _trainer_on_tiny(tmp_path / "b", tokenizer, concept_file, retain_file, bf16=False)
-    assert not off.args.bf16
+        assert choose_bf16(False, fp16=False, cuda=False) is False
+    assert "float32; this CPU has x, so --bf16 would run the step faster" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seer.core.precision"):
+        assert choose_bf16(True, fp16=False, cuda=False) is True
+    assert "bf16 autocast (this CPU has x)" in caplog.text
     monkeypatch.setattr(precision, "native_bf16", lambda cuda, cpuinfo=None: None)
-    assert not _trainer_on_tiny(tmp_path / "c", tokenizer, concept_file, retain_file).args.bf16
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seer.core.precision"):
+        assert choose_bf16(True, fp16=False, cuda=True) is True
+    assert "--bf16 on this GPU, which does not compute bfloat16 natively" in caplog.text
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
 
 
-@pytest.mark.parametrize(("argv", "bf16"), [([], None), (["--bf16"], True), (["--no-bf16"], False)])
-def test_the_train_command_leaves_precision_unset_unless_a_flag_is_given(argv, bf16):
-    import argparse
-
-    from seer.commands.options import add_arguments, from_namespace
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, TrainConfig)
-    assert from_namespace(TrainConfig, parser.parse_args(argv)).bf16 is bf16
-    (action,) = [a for a in parser._actions if a.dest == "bf16"]
-    assert "(default: unset)" in action.help
+def test_float32_reaches_the_trainer_on_any_machine(
+    tmp_path, tokenizer, concept_file, retain_file, monkeypatch
+):
+    assert TrainConfig().bf16 is False
+    monkeypatch.setattr(precision, "native_bf16", lambda cuda, cpuinfo=None: "this CPU has x")
+    assert not _trainer_on_tiny(tmp_path / "a", tokenizer, concept_file, retain_file).args.bf16
+    mixed = _trainer_on_tiny(tmp_path / "b", tokenizer, concept_file, retain_file, bf16=True)
+    assert mixed.args.bf16

@@ -63,7 +63,6 @@ def settings(folder: Path, name: str, **kw) -> dict:
         test_fraction=0.34,
         logging_steps=1,
         checkpoint_every=2,
-        bf16=False,  # the same numerics in the child process as here (conftest pins them)
     )
     values.update(kw)
     return values

@@ -97,13 +97,7 @@ def _help(f: dataclasses.Field, tp: Any) -> str:
     else:
         return text  # positional
     if _strip_optional(tp) is bool:
-        shown = (
-            "unset"
-            if default is None
-            else _flag(f.name)
-            if default
-            else "--no-" + f.name.replace("_", "-")
-        )
+        shown = _flag(f.name) if default else "--no-" + f.name.replace("_", "-")
     else:
         shown = _shown(default).replace("%", "%%")
     return f"{text} (default: {shown})" if text else f"(default: {shown})"

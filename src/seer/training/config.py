@@ -192,10 +192,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "steps whose gradients are summed per update")
     lr_scheduler_type: str = _f("constant", "learning-rate schedule (a transformers SchedulerType)")
     warmup_steps: int = _f(0, "linear warm-up of the learning rate over this many updates")
-    bf16: bool | None = _f(
-        None,
-        "bfloat16 autocast of the step's passes; unset: on where the hardware computes bfloat16 "
-        "natively (GPUs that support it, CPUs with AVX-512 BF16, AMX or Arm BF16), off elsewhere",
+    bf16: bool = _f(
+        False,
+        "bfloat16 autocast of the step's passes; faster only where the hardware computes "
+        "bfloat16 natively (recent GPUs, CPUs with AVX-512 BF16 or AMX): the log says",
     )
     fp16: bool = _f(False, "float16 autocast with loss scaling (GPUs)")
     report_to: tuple[str, ...] = _f(("none",), "trackers for the logs: none, tensorboard, wandb")
