@@ -5,7 +5,7 @@ its retain texts and its config: batch size, epochs, seed, objective, formats, m
 tokenised as training tokenises it, and prints the share of the padded tokens that are real
 and the padded tokens in all (view 1 + view 2 + retain, each part of a batch padded to its own
 longest text), for the schedule as `build_pairs` draws it and after `group_by_length`
-(`seer train --group-by-length`, the default). Nothing is trained; no model is loaded, only
+(`seer train --group-by-length`, an option). Nothing is trained; no model is loaded, only
 its tokenizer.
 
     python bench/padding.py runs/bt6 runs/math7

@@ -130,9 +130,7 @@ def plan_memory(
     micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
     kl, l2 = config.kl_weight > 0, config.retain_l2_weight > 0 and len(dataset.retain) > 0
     real = padding_share([[r[k] for r in b] for b in batches for k in (0, 1, 2) if b[0][k]])
-    grouped = (
-        "grouped by length" if config.group_by_length else "not grouped (--no-group-by-length)"
-    )
+    grouped = "grouped by length" if config.group_by_length else "as drawn"
     logger.info(
         "padding: %.0f%% of the padded tokens of the schedule are real (%s)", 100 * real, grouped
     )

@@ -147,9 +147,10 @@ class TrainConfig:
         "positives, or the negatives, are the other pairs of its batch)",
     )
     group_by_length: bool = _f(
-        True,
+        False,
         "put texts of similar length in the same batch (within runs of batches, each batch "
-        "keeping its mix of concepts), so less of a step is padding",
+        "keeping its mix of concepts), so less of a step is padding; it cost held-out "
+        "accuracy where measured (docs/results.md)",
     )
     learning_rate: float | None = _f(
         None,

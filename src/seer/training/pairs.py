@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 MODES = ("full", "prompt", "response")
-#: Batches per run within which :func:`group_by_length` sorts (``seer train --group-by-length``):
+#: Batches per run within which :func:`group_by_length` sorts (``seer train --group-by-length``,
+#: off by default: it cost held-out accuracy on BeaverTails-6, docs/results.md):
 #: long enough to gather similar lengths, short enough that the schedule's order of concepts
 #: and retain texts over an epoch stays as drawn.
 LENGTH_WINDOW = 16
