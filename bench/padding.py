@@ -38,8 +38,9 @@ def main() -> None:
 
     from seer.core.models import resolve_model_path
     from seer.core.tables import read_jsonl
+    from seer.training.build import schedule
     from seer.training.config import TrainConfig
-    from seer.training.pairs import LENGTH_WINDOW, PairDataset, build_pairs, group_by_length
+    from seer.training.pairs import LENGTH_WINDOW, PairDataset, group_by_length
 
     for run in args.runs:
         meta = json.loads((run / "seer.json").read_text(encoding="utf-8"))
@@ -47,16 +48,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model))
         rows = read_jsonl(run / "split" / "train.jsonl")
         retain = read_jsonl(run / "retain.jsonl")
-        pairs = build_pairs(
-            [r["concept"] for r in rows],
-            [bool(r.get("response")) and bool(r.get("prompt")) for r in rows],
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            balanced=config.objective == "supcon",
-            format_probs=config.format_probs,
-            n_retain=len(retain),
-            seed=config.seed,
-        )
+        pairs = schedule(config, rows, len(retain))
         dataset = PairDataset(rows, retain, pairs, tokenizer, config.max_length)
         drawn = dataset.lengths()
         dataset.pairs = group_by_length(

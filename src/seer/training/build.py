@@ -240,6 +240,20 @@ def _arguments(
     )
 
 
+def schedule(config: TrainConfig, train_rows: Sequence[dict], n_retain: int) -> list[dict]:
+    """The run's pair schedule (:func:`~seer.training.pairs.build_pairs`) from its config."""
+    return build_pairs(
+        [r["concept"] for r in train_rows],
+        [bool(r.get("response")) and bool(r.get("prompt")) for r in train_rows],
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        balanced=config.objective == "supcon",
+        format_probs=config.format_probs,
+        n_retain=n_retain,
+        seed=config.seed,
+    )
+
+
 def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
     """The steps whose loss parts' gradient shares the health check reads (issue 19)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -289,16 +303,7 @@ def build_trainer(
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
     peft_model = _adapted(config, model, targets, layer)
-    pairs = build_pairs(
-        [r["concept"] for r in train_rows],
-        [bool(r.get("response")) and bool(r.get("prompt")) for r in train_rows],
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        balanced=config.objective == "supcon",
-        format_probs=config.format_probs,
-        n_retain=len(retain),
-        seed=config.seed,
-    )
+    pairs = schedule(config, train_rows, len(retain))
     warn_truncated(tokenizer, list(train_rows), config.max_length, "training examples")
     dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
     if config.group_by_length:
