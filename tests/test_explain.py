@@ -11,6 +11,7 @@ from seer.core.formatting import encode, prompt_ids
 from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
+from seer.inference.engine import Engine
 from seer.inference.explainer import Monitor
 from seer.inference.monitor import replay
 
@@ -132,6 +133,28 @@ def test_final_explanation_equals_scoring_the_reply(run_dir, tokenizer, token, p
         for a, b in zip(result.trace, scored.trace[:5], strict=True):
             assert a["token"] == b["token"]
             assert a["probabilities"] == pytest.approx(b["probabilities"], abs=2e-4)
+
+
+def test_rows_ending_together_take_their_final_read_in_one_pass(run_dir, tokenizer):
+    explainer = make_explainer(run_dir, tokenizer)
+    only_token(explainer, tokenizer.convert_tokens_to_ids("a"))
+    prompts = PROMPTS[:3]  # three prompt lengths: a left-padded batch
+    lengths, handle = input_lengths(explainer)
+    try:
+        steps = list(Engine(explainer).stream(prompts, max_new_tokens=4, batch_size=3))
+    finally:
+        handle.remove()
+    # one prefill, 3 decode steps, then one closing read of 3 tokens for all three rows
+    assert lengths[1:] == [1, 1, 1, 3]
+    ends = [e for e in steps[-1] if e.finish_reason is not None]
+    assert sorted(e.row for e in ends) == [0, 1, 2]
+    for event in ends:
+        result = event.result
+        assert result.reply == "aaaa"
+        scored = explainer.score(prompts[event.row], result.reply)
+        for a, b in zip(result.explanation.ranking, scored.ranking, strict=True):
+            assert a["concept"] == b["concept"]
+            assert a["cosine"] == pytest.approx(b["cosine"], abs=1e-5)
 
 
 def test_monitor_stop(explainer, tokenizer):

@@ -49,12 +49,6 @@ class KV:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
         return self.mask
 
-    def row(self, i: int) -> KV:
-        """Row ``i`` alone, its leading padding removed (tensors shared, not copied)."""
-        start = int((self.mask[i] == 0).sum())
-        pairs = [(k[i : i + 1, :, start:], v[i : i + 1, :, start:]) for k, v in _pairs(self.cache)]
-        return KV(_cache(pairs), self.mask[i : i + 1, start:])
-
     def keep(self, rows: list[int]) -> KV:
         """The given rows (in that order), with padding columns no kept row needs dropped
         (all rows in order: this batch itself, nothing copied)."""

@@ -192,11 +192,9 @@ class Step:
         """Final reads of the running rows cancelled since the last step."""
         if self.kv is None or not any(r.cancelled for r in self.rows):
             return []
-        events = [
-            self._final(r, self.kv.row(i), "cancelled")
-            for i, r in enumerate(self.rows)
-            if r.cancelled
-        ]
+        events = self._finals(
+            [(i, r, "cancelled") for i, r in enumerate(self.rows) if r.cancelled], self.kv
+        )
         keep = [i for i, r in enumerate(self.rows) if not r.cancelled]
         self.kv, self.rows = self.kv.keep(keep), [self.rows[i] for i in keep]
         return events
@@ -204,8 +202,9 @@ class Step:
     def _advance(
         self, rows: list[Row], reading: Reading, kv: KV
     ) -> tuple[list[RowEvent], list[int]]:
-        """After a pass: each row's event, its next token, and the rows that go on."""
-        events, keep = [], []
+        """After a pass: each row's event, its next token, and the rows that go on (the rows
+        that end here get their final read together, after all the rows' events)."""
+        events, keep, ending = [], [], []
         for i, row in enumerate(rows):
             text = row.text.push(row.tokens[-1]) if row.tokens else ""
             events.append(row.event(reading, i, text))
@@ -216,48 +215,78 @@ class Step:
             token = self._next[i]
             row.tokens.append(token)
             if token in self.greedy.eos:
-                events.append(self._final(row, kv.row(i), "stop"))
+                ending.append((i, row, "stop"))
             elif len(row.tokens) >= row.max_new_tokens:
-                events.append(self._final(row, kv.row(i), "length"))
+                ending.append((i, row, "length"))
             else:
                 keep.append(i)
-        return events, keep
+        return events + self._finals(ending, kv), keep
 
-    def _read(self, ids: list[int], kv: KV | None, start: int) -> torch.Tensor:
-        """The target layer's states ``[T, H]`` for ``ids`` after ``start`` cached tokens (no
-        later layer runs)."""
-        ex, device = self.explainer, self.explainer.device
-        n = len(ids)
-        inputs: dict[str, Any] = {
-            "input_ids": torch.tensor([ids], device=device),
-            "attention_mask": torch.ones(1, start + n, dtype=torch.long, device=device),
-            "position_ids": torch.arange(start, start + n, device=device)[None],
-        }
-        if kv is not None:
-            inputs[cache_kwarg(self.model)] = kv.cache
-            inputs["use_cache"] = True
-        else:
-            inputs["use_cache"] = False
+    def _read(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The target layer's states ``[B, T, H]`` for ``inputs`` (no later layer runs)."""
+        ex = self.explainer
         with capture_layers(
             self.model, [ex.layer], stop_after=True, layers_path=ex.layers_path
         ) as h:
             run_until(self.model, **inputs)
-            return h[ex.layer][0].detach()
+            return h[ex.layer].detach()
 
-    def _final(self, row: Row, kv: KV, reason: str) -> RowEvent:
-        """The row's last event: its last token read with the chat template's closing tokens
-        through the row's cache (a full pass where the reply re-tokenises differently)."""
-        reply = self.tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
-        target = encode(self.tokenizer, row.prompt, reply or None, "full", 10**9).input_ids
-        cached = len(row.ids) + len(row.tokens) - 1
-        if target[: cached + 1] == row.ids + row.tokens:
-            hidden = self._read(target[cached:], kv, cached)
-            token_state, last = hidden[0], hidden[-1]
-        else:
-            token_state = last = self._read(target, None, 0)[-1]
-        readout = self.explainer.readout
-        reading = readout.read(readout.vectors(row.user_end, torch.stack([token_state, last])))  # type: ignore[arg-type]
-        text = row.text.push(row.tokens[-1]) + row.text.flush()
-        event = row.event(reading, 0, text)
-        row.finish(event, row.result(reading.cosines[1], reading.probabilities[1], reply, reason))
-        return event
+    def _read_after(self, kv: KV, suffixes: list[list[int]]) -> torch.Tensor:
+        """The target layer's states ``[R, T, H]`` for each row's ``suffix`` read after its
+        cached tokens, all rows in one pass (suffixes right-padded: causal attention keeps
+        the padding out of every real token's view). The pass extends ``kv``'s cache."""
+        device, n = self.explainer.device, max(len(s) for s in suffixes)
+        ids = torch.full((kv.rows, n), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        new = torch.zeros((kv.rows, n), dtype=torch.long)
+        for j, suffix in enumerate(suffixes):
+            ids[j, : len(suffix)] = torch.tensor(suffix)
+            new[j, : len(suffix)] = 1
+        cached = kv.mask.sum(-1, keepdim=True)
+        inputs: dict[str, Any] = {
+            "input_ids": ids.to(device),
+            "attention_mask": torch.cat([kv.mask, new.to(device)], dim=1),
+            "position_ids": cached + torch.arange(n, device=device)[None],
+            cache_kwarg(self.model): kv.cache,
+            "use_cache": True,
+        }
+        return self._read(inputs)
+
+    def _finals(self, ending: list[tuple[int, Row, str]], kv: KV) -> list[RowEvent]:
+        """The last events of the rows that end now, given as (index in ``kv``, row, finish
+        reason): each row's last token read with the chat template's closing tokens through
+        its cache, all such rows in one pass (a full pass of its own for a row whose reply
+        re-tokenises differently)."""
+        if not ending:
+            return []
+        replies, states, through = [], {}, []
+        for k, (i, row, _) in enumerate(ending):
+            reply = self.tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+            replies.append(reply)
+            target = encode(self.tokenizer, row.prompt, reply or None, "full", 10**9).input_ids
+            cached = len(row.ids) + len(row.tokens) - 1
+            if target[: cached + 1] == row.ids + row.tokens:
+                through.append((k, i, target[cached:]))
+            else:
+                device = self.explainer.device
+                alone = {
+                    "input_ids": torch.tensor([target], device=device),
+                    "attention_mask": torch.ones(1, len(target), dtype=torch.long, device=device),
+                    "position_ids": torch.arange(len(target), device=device)[None],
+                    "use_cache": False,
+                }
+                last = self._read(alone)[0, -1]
+                states[k] = (last, last)
+        if through:
+            hidden = self._read_after(kv.keep([i for _, i, _ in through]), [s for *_, s in through])
+            for j, (k, _, suffix) in enumerate(through):
+                states[k] = (hidden[j, 0], hidden[j, len(suffix) - 1])
+        readout, events = self.explainer.readout, []
+        for k, (_, row, reason) in enumerate(ending):
+            token_state, last = states[k]
+            reading = readout.read(readout.vectors(row.user_end, torch.stack([token_state, last])))  # type: ignore[arg-type]
+            text = row.text.push(row.tokens[-1]) + row.text.flush()
+            event = row.event(reading, 0, text)
+            cos, probs = reading.cosines[1], reading.probabilities[1]
+            row.finish(event, row.result(cos, probs, replies[k], reason))
+            events.append(event)
+        return events
