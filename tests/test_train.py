@@ -118,6 +118,25 @@ def test_grouping_by_length_keeps_the_schedule_and_each_batchs_concept_mix():
     assert [p["view1"] for p in grouped] != [p["view1"] for p in pairs]
 
 
+def test_build_trainer_deals_the_schedule_by_length_when_asked(
+    tmp_path, tokenizer, concept_file, retain_file
+):
+    from seer.core.data import load_concepts
+    from seer.training.build import schedule
+    from seer.training.pairs import LENGTH_WINDOW, group_by_length
+
+    drawn = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file)
+    grouped = _trainer_on_tiny(tmp_path, tokenizer, concept_file, retain_file, group_by_length=True)
+    data = drawn.train_dataset
+    rows = load_concepts(str(concept_file), "concept", "prompt", "response")
+    cfg = config(tmp_path, concept_file, retain_file)
+    assert data.pairs == schedule(cfg, rows, len(data.retain))  # as drawn by default
+    expected = group_by_length(
+        data.pairs, data.lengths(), batch_size=cfg.batch_size, window=LENGTH_WINDOW, seed=0
+    )
+    assert grouped.train_dataset.pairs == expected != data.pairs
+
+
 @pytest.mark.parametrize("objective", ["supcon", "paper"])
 def test_lora_changes_and_base_stays(tmp_path, tokenizer, concept_file, retain_file, objective):
     model = tiny_llama(len(tokenizer))
