@@ -3,10 +3,12 @@ requests each) against the embedded model, next to plain batched ``model.generat
 same prompts in the same process.
 
 Per K it prints the aggregate generated tokens/s, the p50/p95 time to first token (request
-sent -> first generated token's chunk) and p50/p95 per-token latency (gaps between a
-stream's token chunks); and plain ``generate_batches`` at batch K over the same prompts and
-reply length. The closing lines are the issue's two goals: explained serving at K=8 over
-plain batched generation at batch 8 (goal >= 0.9), and K=8 over K=1 (goal >= 3).
+sent -> first generated token's chunk), p50/p95 per-token latency (gaps between a
+stream's token chunks), and how many batches the server started and how many rows joined
+a batch already generating (from ``/health``); and plain ``generate_batches`` at batch K
+over the same prompts and reply length. The closing lines are the issue's two goals:
+explained serving at K=8 over plain batched generation at batch 8 (goal >= 0.9), and K=8
+over K=1 (goal >= 3).
 
     python bench/serve_load.py --run runs/serve-bench   # trains that small run first if absent
     python bench/serve_load.py --run runs/bt6 --clients 1 8 --repeats 3   # median of 3 rounds
@@ -38,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--max-tokens", type=int, default=48, help="reply length (EOS may end it early)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=20.0,
+        help="the server's --batch-wait-ms (0: a request to an idle server starts at once)",
+    )
     p.add_argument("--data-dir", default="../shared/data", help="the shared data folder")
     p.add_argument(
         "--repeats",
@@ -130,12 +138,14 @@ def load(url: str, k: int, texts: list[str], requests: int, max_tokens: int) -> 
             results.append(out)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(k)]
+    before = httpx.get(f"{url}/health").json()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    after = httpx.get(f"{url}/health").json()
     tokens = sum(r["tokens"] for r in results)
     gaps = [g for r in results for g in r["gaps"]]
     ttft = [r["ttft"] for r in results]
@@ -147,6 +157,8 @@ def load(url: str, k: int, texts: list[str], requests: int, max_tokens: int) -> 
         "ttft95": pct(ttft, 0.95),
         "tpot50": pct(gaps, 0.5),
         "tpot95": pct(gaps, 0.95),
+        "batches": after["batches"] - before["batches"],
+        "joined": after["joined"] - before["joined"],
     }
 
 
@@ -175,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         model_id=run.name,
         max_batch_size=max(args.clients),
         max_queue=max(args.clients) * 2,
+        batch_wait=args.batch_wait_ms / 1e3,
     )
     rounds: list[dict[int, tuple[dict, dict]]] = []
     with running(app) as url:
@@ -192,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{tag}K={k:<3} serve {served['tok_s']:7.1f} tok/s ({served['tokens']} "
                     f"tokens, {served['wall']:.1f}s)  TTFT p50 {served['ttft50'] * 1e3:6.0f} ms "
                     f"p95 {served['ttft95'] * 1e3:6.0f} ms  per-token p50 "
-                    f"{served['tpot50'] * 1e3:5.0f} ms p95 {served['tpot95'] * 1e3:5.0f} ms | "
+                    f"{served['tpot50'] * 1e3:5.0f} ms p95 {served['tpot95'] * 1e3:5.0f} ms  "
+                    f"batches {served['batches']} joined {served['joined']} | "
                     f"plain generate batch {k}: {base['tok_s']:7.1f} tok/s ({base['tokens']} "
                     f"tokens) | ratio {served['tok_s'] / base['tok_s']:.2f}",
                     flush=True,

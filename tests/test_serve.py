@@ -258,6 +258,38 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
         assert len(rest) == 200 + 1  # A's remaining tokens (the first came before B), the end
 
 
+def test_requests_sent_together_to_an_idle_server_start_one_batch(run_dir, tokenizer):
+    # B arrives 0.3 s after A. Without the wait, A starts alone and B joins its batch a step
+    # later (joined 1, a prefill pass each); with it, A waits for B and the two start together.
+    # B fills the batch (max 2), which ends the wait long before its 10 s.
+    with serving(run_dir, tokenizer, pace=0.02, max_batch_size=2, batch_wait=10.0) as base:
+        before, replies = health(base), {}
+
+        def one(p):
+            replies[p] = post(base, {"messages": [{"role": "user", "content": p}], "max_tokens": 8})
+
+        a = threading.Thread(target=one, args=(PROMPT,))
+        start = time.monotonic()
+        a.start()
+        time.sleep(0.3)
+        one("what is a comet")
+        a.join()
+        assert time.monotonic() - start < 8
+        after = health(base)
+        assert [r.status_code for r in replies.values()] == [200, 200]
+        assert after["batches"] - before["batches"] == 1
+        assert after["joined"] - before["joined"] == 0
+
+
+def test_a_lone_request_waits_no_longer_than_the_batch_wait(run_dir, tokenizer):
+    with serving(run_dir, tokenizer, max_batch_size=4, batch_wait=0.5) as base:
+        start = time.monotonic()
+        out = post(base, {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2})
+        elapsed = time.monotonic() - start
+        assert out.status_code == 200
+        assert 0.5 <= elapsed < 5  # it waited for company, then started without any
+
+
 # --- disconnects and a full queue ------------------------------------------------------------
 def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
     gate = threading.Event()
@@ -498,6 +530,8 @@ def test_seer_serve_command_wires_the_config(run_dir, tokenizer, monkeypatch):
         "2",
         "--max-queue",
         "0",
+        "--batch-wait-ms",
+        "5",
         "--monitor",
         "stop",
         "--concept",
@@ -510,6 +544,7 @@ def test_seer_serve_command_wires_the_config(run_dir, tokenizer, monkeypatch):
     with running(seen["app"]) as base:
         card = httpx.get(f"{base}/v1/models").json()["data"][0]
         assert card["id"] == run_dir.name and card["seer"]["max_batch_size"] == 2
+        assert card["seer"]["batch_wait_ms"] == pytest.approx(5.0)
         assert card["seer"]["monitor"]["concept"] == "space"
         out = post(base, {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4})
         assert out.json()["choices"][0]["finish_reason"] == "monitor"
@@ -522,6 +557,7 @@ def test_seer_serve_command_wires_the_config(run_dir, tokenizer, monkeypatch):
         (["serve", "x", "--monitor", "stop"], "needs --concept"),
         (["serve", "x", "--port", "0"], "--port must be"),
         (["serve", "x", "--max-batch-size", "0"], "--max-batch-size must be"),
+        (["serve", "x", "--batch-wait-ms", "-1"], "--batch-wait-ms must be"),
     ],
 )
 def test_seer_serve_command_errors(argv, message, capsys):

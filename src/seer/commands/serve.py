@@ -31,6 +31,11 @@ class ServeConfig:
     # --- batching --------------------------------------------------------------------------
     max_batch_size: int = option(8, "most rows generating together (one forward pass per step)")
     max_queue: int = option(32, "most requests waiting for a row; more get 429 at once")
+    batch_wait_ms: float = option(
+        20.0,
+        "when nothing is generating, how long the first request waits for others to start a "
+        "batch with (0: start at once)",
+    )
     max_tokens: int = option(128, "reply length when a request gives no max_tokens")
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------
     monitor: MonitorOptions = option(
@@ -46,6 +51,10 @@ class ServeConfig:
             raise SeerError(f"--max-batch-size must be at least 1, got {self.max_batch_size}")
         if self.max_queue < 0:
             raise SeerError(f"--max-queue must be 0 or more, got {self.max_queue}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise SeerError(
+                f"--batch-wait-ms must be between 0 and 10000, got {self.batch_wait_ms}"
+            )
         self.monitor.check_single("seer serve")
 
     def default_monitor(self) -> Any:
@@ -82,6 +91,7 @@ def main(config: ServeConfig, *, progress: bool = True) -> int:
         model_id=config.model_id or Path(config.run).resolve().name,
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,
+        batch_wait=config.batch_wait_ms / 1e3,
         monitor=monitor,
         default_max_tokens=config.max_tokens,
     )

@@ -74,6 +74,7 @@ class Service:
         model_id: str,
         max_batch_size: int,
         max_queue: int,
+        batch_wait: float,
         monitor: Monitor | None,
         default_max_tokens: int,
     ) -> None:
@@ -82,7 +83,10 @@ class Service:
         self.explainer, self.model_id, self.monitor = explainer, model_id, monitor
         self.concepts = list(explainer.concepts)
         self.worker = BatchWorker(
-            Engine(explainer), max_batch_size=max_batch_size, max_queue=max_queue
+            Engine(explainer),
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            batch_wait=batch_wait,
         )
         self.tokenizer = copy.deepcopy(explainer.tokenizer)  # the worker thread uses the original
         self.limits = Limits(
@@ -117,6 +121,7 @@ class Service:
                 "concepts": self.concepts,
                 "monitor": None if self.monitor is None else R.monitor_fields(self.monitor),
                 "max_batch_size": self.worker.max_batch_size,
+                "batch_wait_ms": self.worker.batch_wait * 1e3,
             },
         }
 
@@ -164,16 +169,20 @@ def create_app(
     model_id: str = "seer",
     max_batch_size: int = 8,
     max_queue: int = 32,
+    batch_wait: float = 0.02,
     monitor: Monitor | None = None,
     default_max_tokens: int = 128,
 ) -> FastAPI:
     """The app serving ``explainer``; ``monitor`` watches every request that does not bring
-    its own (``{"seer": {"monitor": null}}`` turns it off for one request)."""
+    its own (``{"seer": {"monitor": null}}`` turns it off for one request). A request that
+    arrives while nothing is generating waits up to ``batch_wait`` seconds for others to
+    start a batch with (see :class:`BatchWorker`)."""
     service = Service(
         explainer,
         model_id=model_id,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
+        batch_wait=batch_wait,
         monitor=monitor,
         default_max_tokens=default_max_tokens,
     )

@@ -2,7 +2,10 @@
 
 Requests wait in a bounded queue. At every step boundary the waiting ones join the running
 batch (up to ``max_batch_size`` rows) when the engine can add rows to a running batch, else
-they start the next batch once the running one has finished. A cancelled request (its
+they start the next batch once the running one has finished. When nothing is generating, the
+first request to arrive waits up to ``batch_wait`` seconds (or until the batch is full) for
+others, so that requests sent together are prefilled in one pass rather than one alone and
+the rest a step later. A cancelled request (its
 client left) ends its row at the next step, which frees its slot. Events go back to each
 request's asyncio queue on the server's event loop."""
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +45,7 @@ class Job:
     cancelled: bool = False
     done: bool = False
     row: int | None = None
+    arrived: float = field(default_factory=time.monotonic)
 
     def put(self, item: Any) -> None:
         try:
@@ -62,8 +67,11 @@ class Stats:
 
 
 class BatchWorker:
-    def __init__(self, engine: Any, *, max_batch_size: int, max_queue: int) -> None:
+    def __init__(
+        self, engine: Any, *, max_batch_size: int, max_queue: int, batch_wait: float = 0.0
+    ) -> None:
         self.engine, self.max_batch_size, self.max_queue = engine, max_batch_size, max_queue
+        self.batch_wait = batch_wait
         self.joins = True  # whether rows may join a running batch; off if the engine refuses
         self.stats = Stats()
         self._cond = threading.Condition()
@@ -114,21 +122,35 @@ class BatchWorker:
             with self._cond:
                 while not self._stop and not self._waiting and not self._running:
                     self._cond.wait()
+                if not self._running:
+                    self._gather()
                 if self._stop:
                     return
+                if not self._waiting and not self._running:
+                    continue  # the only waiting request was cancelled while it waited
                 cancelled = [j for j in self._running.values() if j.cancelled and not j.done]
+                joining = bool(self._running)  # rows added now join a batch that is generating
                 admitted = self._admit()
             try:
                 for job in cancelled:
                     self._batch.cancel(job.row)
                     job.done = True
                 for job in admitted:
-                    self._add(job)
+                    self._add(job, joining)
                 if self._batch is not None and self._running:
                     self._step()
             except Exception as exc:  # a bug or an out-of-memory: fail the batch, keep serving
                 logger.exception("the batch failed; its requests get an error")
                 self._fail_batch(exc)
+
+    def _gather(self) -> None:
+        """Under the lock, nothing generating: wait until the batch is full or ``batch_wait``
+        seconds after the first waiting request arrived, whichever comes first."""
+        while not self._stop and 0 < len(self._waiting) < self.max_batch_size:
+            left = self._waiting[0].arrived + self.batch_wait - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _admit(self) -> list[Job]:
         """Under the lock: the waiting jobs that enter the batch now (a fresh batch when the
@@ -142,8 +164,7 @@ class BatchWorker:
         admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         return admitted
 
-    def _add(self, job: Job) -> None:
-        joining = bool(self._running)
+    def _add(self, job: Job, joining: bool) -> None:
         try:
             row = self._batch.add(
                 job.prompt, max_new_tokens=job.max_new_tokens, monitor=job.monitor
