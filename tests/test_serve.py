@@ -258,27 +258,59 @@ def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer
         assert len(rest) == 200 + 1  # A's remaining tokens (the first came before B), the end
 
 
+def _send_apart(base, prompts, gap, max_tokens=8):
+    """Each prompt (not streamed) from its own thread, ``gap`` seconds after the one before;
+    returns the status codes once all are answered."""
+    codes = {}
+
+    def one(p):
+        body = {"messages": [{"role": "user", "content": p}], "max_tokens": max_tokens}
+        codes[p] = post(base, body).status_code
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+        time.sleep(gap)
+    for t in threads:
+        t.join()
+    return list(codes.values())
+
+
 def test_requests_sent_together_to_an_idle_server_start_one_batch(run_dir, tokenizer):
     # B arrives 0.3 s after A. Without the wait, A starts alone and B joins its batch a step
-    # later (joined 1, a prefill pass each); with it, A waits for B and the two start together.
+    # later (two prefill passes); with it, A waits for B and the two start together in one.
     # B fills the batch (max 2), which ends the wait long before its 10 s.
     with serving(run_dir, tokenizer, pace=0.02, max_batch_size=2, batch_wait=10.0) as base:
-        before, replies = health(base), {}
-
-        def one(p):
-            replies[p] = post(base, {"messages": [{"role": "user", "content": p}], "max_tokens": 8})
-
-        a = threading.Thread(target=one, args=(PROMPT,))
-        start = time.monotonic()
-        a.start()
-        time.sleep(0.3)
-        one("what is a comet")
-        a.join()
+        before, start = health(base), time.monotonic()
+        assert _send_apart(base, [PROMPT, "what is a comet"], 0.3) == [200, 200]
         assert time.monotonic() - start < 8
         after = health(base)
-        assert [r.status_code for r in replies.values()] == [200, 200]
         assert after["batches"] - before["batches"] == 1
+        assert after["prefills"] - before["prefills"] == 1
         assert after["joined"] - before["joined"] == 0
+
+
+def test_requests_that_arrive_close_together_join_a_running_batch_together(run_dir, tokenizer):
+    # A generates 200 tokens (4 s at least). B and C arrive 0.3 s apart while it runs; with a
+    # 1.5 s wait they join in one prefill pass, A stepping on meanwhile (without the wait:
+    # one pass each).
+    with serving(run_dir, tokenizer, pace=0.02, max_batch_size=4, batch_wait=1.5) as base:
+        body = {
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 200,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
+            lines = a.iter_lines()
+            next(lines)  # A is generating
+            before = health(base)
+            assert _send_apart(base, ["what is a comet", "rules of football"], 0.3) == [200, 200]
+            after = health(base)
+            rest = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+        assert after["prefills"] - before["prefills"] == 1
+        assert after["joined"] - before["joined"] == 2
+        assert after["steps"] - before["steps"] > 10  # A went on while B waited for C
+        assert rest[-1]["choices"][0]["finish_reason"] == "length"
 
 
 def test_a_lone_request_waits_no_longer_than_the_batch_wait(run_dir, tokenizer):

@@ -32,9 +32,9 @@ class ServeConfig:
     max_batch_size: int = option(8, "most rows generating together (one forward pass per step)")
     max_queue: int = option(32, "most requests waiting for a row; more get 429 at once")
     batch_wait_ms: float = option(
-        20.0,
-        "when nothing is generating, how long the first request waits for others to start a "
-        "batch with (0: start at once)",
+        50.0,
+        "how long a waiting request may wait for others to enter the batch with it, in one "
+        "prefill pass (0: at the next step; a full batch does not wait)",
     )
     max_tokens: int = option(128, "reply length when a request gives no max_tokens")
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------

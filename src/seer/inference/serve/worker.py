@@ -2,10 +2,10 @@
 
 Requests wait in a bounded queue. At every step boundary the waiting ones join the running
 batch (up to ``max_batch_size`` rows) when the engine can add rows to a running batch, else
-they start the next batch once the running one has finished. When nothing is generating, the
-first request to arrive waits up to ``batch_wait`` seconds (or until the batch is full) for
-others, so that requests sent together are prefilled in one pass rather than one alone and
-the rest a step later. A cancelled request (its
+they start the next batch once the running one has finished. Waiting requests enter once they
+fill the free rows or the first of them has waited ``batch_wait`` seconds, so that requests
+sent close together are prefilled in one pass, not one pass each; an idle worker sleeps
+until then, a generating batch goes on stepping. A cancelled request (its
 client left) ends its row at the next step, which frees its slot. Events go back to each
 request's asyncio queue on the server's event loop."""
 
@@ -64,6 +64,7 @@ class Stats:
     batches: int = 0
     steps: int = 0
     joined: int = 0  # rows added to a batch that was already generating
+    prefills: int = 0  # times rows entered a batch (each a prefill pass for all of them)
 
 
 class BatchWorker:
@@ -137,32 +138,37 @@ class BatchWorker:
                     job.done = True
                 for job in admitted:
                     self._add(job, joining)
+                self.stats.prefills += bool(admitted)
                 if self._batch is not None and self._running:
                     self._step()
             except Exception as exc:  # a bug or an out-of-memory: fail the batch, keep serving
                 logger.exception("the batch failed; its requests get an error")
                 self._fail_batch(exc)
 
+    def _left(self) -> float:
+        """Under the lock, someone waiting: seconds until the waiting jobs enter the batch (0
+        or less: now). They enter once they fill its free rows, or once the first of them has
+        waited ``batch_wait``: requests that arrive close together enter together, in one
+        prefill pass, rather than one pass each."""
+        if len(self._waiting) >= self.max_batch_size - len(self._running):
+            return 0.0
+        return self._waiting[0].arrived + self.batch_wait - time.monotonic()
+
     def _gather(self) -> None:
-        """Under the lock, nothing generating: wait until the batch is full or ``batch_wait``
-        seconds after the first waiting request arrived, whichever comes first."""
-        while not self._stop and 0 < len(self._waiting) < self.max_batch_size:
-            left = self._waiting[0].arrived + self.batch_wait - time.monotonic()
-            if left <= 0:
-                return
+        """Under the lock, nothing generating: wait until the waiting jobs are due."""
+        while not self._stop and self._waiting and (left := self._left()) > 0:
             self._cond.wait(left)
 
     def _admit(self) -> list[Job]:
         """Under the lock: the waiting jobs that enter the batch now (a fresh batch when the
-        running one is empty)."""
+        running one is empty). A generating batch goes on stepping while they are not due."""
         if self._batch is None or not self._running:
             self._batch = self.engine.batch()
             self.stats.batches += 1
-        elif not self.joins:
+        elif not self.joins or not self._waiting or self._left() > 0:
             return []
         room = self.max_batch_size - len(self._running)
-        admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        return admitted
+        return [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
 
     def _add(self, job: Job, joining: bool) -> None:
         try:
