@@ -82,7 +82,9 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     from seer.training import train as train_module
     from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
-    layer = train_module.default_layer(len(get_layers(model)))
+    layer = config.layer
+    if layer is None:
+        layer = train_module.default_layer(len(get_layers(model)))
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -133,6 +135,7 @@ def _setup(
     batch_size: int,
     micro: int | None = None,
     allocator: str | None = None,
+    layer: int | None = None,
 ):
     import torch
 
@@ -145,6 +148,8 @@ def _setup(
     extra: dict = {"micro_batch_size": micro} if micro else {}  # gradient caching: current only
     if allocator:  # --allocator: current code only
         extra["allocator"] = allocator
+    if layer is not None:
+        extra["layer"] = layer
     config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
@@ -221,6 +226,7 @@ def child_memory(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         micro=args.micro_batch_size,
         allocator=args.allocator,
+        layer=args.layer,
     )
     batch = _batch(trainer, 0, b)
     padded = {k: tuple(v["input_ids"].shape) for k, v in batch.items() if isinstance(v, dict)}
@@ -250,7 +256,12 @@ def child_speed(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     trainer, b = _setup(
-        args.data, 512, repeat=False, batch_size=args.batch_size, allocator=args.allocator
+        args.data,
+        512,
+        repeat=False,
+        batch_size=args.batch_size,
+        allocator=args.allocator,
+        layer=args.layer,
     )
     batches = [_batch(trainer, i, b) for i in range(1 + args.steps)]
     _step(trainer, batches[0], args.autocast)  # warm-up
@@ -293,7 +304,7 @@ def estimates(args: argparse.Namespace) -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     n_layers = model.config.num_hidden_layers
-    layer = default_layer(n_layers)
+    layer = default_layer(n_layers) if args.layer is None else args.layer
     base = TrainConfig(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size)
     lora = LoraConfig(
         r=base.lora_r,
@@ -346,6 +357,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=DATA, help="BeaverTails CSV (prompt, response, value)")
     p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--layer",
+        type=int,
+        help="target block (default: seer's, block 24 of 30; the figures in "
+        "docs/performance.md from before 2026-12-02 are at block 14, the default then)",
+    )
     p.add_argument("--micro-batch-size", type=int, help="memory table: gradient caching")
     p.add_argument("--limit-gb", type=float, default=21.0, help="address-space cap of a child")
     p.add_argument("--steps", type=int, default=3, help="timed speed steps after 1 warm-up")
@@ -378,6 +395,7 @@ def _memory_table(args: argparse.Namespace, versions: Versions) -> dict:
         extra = ["--length", str(n), "--batch-size", str(args.batch_size), "--data", args.data]
         extra += ["--micro-batch-size", str(args.micro_batch_size)] * bool(args.micro_batch_size)
         extra += ["--limit-gb", str(args.limit_gb)]
+        extra += ["--layer", str(args.layer)] * (args.layer is not None)
         for v, version in versions.items():
             results[v][n] = run_child(version, "memory", extra)
         cells = []
@@ -403,6 +421,7 @@ def _speed(args: argparse.Namespace, versions: Versions) -> None:
         variants.append(("current+bf16", versions["current"], True))
     extra = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--data", args.data]
     extra += ["--threads", str(args.threads)]
+    extra += ["--layer", str(args.layer)] * (args.layer is not None)
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     for _ in range(args.rounds):  # alternate, so that background load hits every variant
         for name, version, autocast in variants:

@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_complete_run(trained):
     meta = json.loads((trained / "seer.json").read_text())
-    assert meta["layer"] == 14 and meta["n_layers"] == 30
+    assert meta["layer"] == 24 and meta["n_layers"] == 30
     assert len(meta["concepts"]) == 6
     # 18 training rows (3 a concept: the rest is calibration and test) x 0.5 epoch / 4 pairs
     assert meta["train"]["steps"] == 2 and meta["train"]["examples"] == 18

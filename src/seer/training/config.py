@@ -58,8 +58,8 @@ class TrainConfig:
     layer: int | None = _f(
         None,
         "0-based decoder block whose output is the representation; LoRA adapts blocks 0..layer. "
-        "None: the middle block, ceil(n_layers/2)-1, which halves the trained depth (the paper "
-        "read a later block: see docs/results.md)",
+        "None: the block at 0.8 of the depth, floor(0.8 n_layers) (24 of 30; the paper read "
+        "25 of 32): see the README's Layer bullet",
     )
     layers_path: str | None = _f(None, "dotted path to the decoder blocks if seer cannot find them")
     positions: tuple[Literal["last", "user_end"], ...] = _f(
@@ -118,7 +118,7 @@ class TrainConfig:
         "massive-activation tokens weigh like any other; try --retain-l2-weight ~100 with it)",
     )
     contrastive_weight: float = _f(10.0, "weight of the disentanglement loss")
-    retain_l2_weight: float = _f(1.0, "weight of the hidden-state l2 retain loss on general text")
+    retain_l2_weight: float = _f(0.3, "weight of the hidden-state l2 retain loss on general text")
     health_check_at: float = _f(
         0.3,
         "share of the steps after which the training-health check warns if the contrastive loss "
@@ -140,7 +140,7 @@ class TrainConfig:
         DEFAULT_TARGET_MODULES, "module names LoRA adapts (blocks 0..layer)"
     )
     # --- optimisation ------------------------------------------------------------------
-    epochs: float = _f(2.0, "passes over the training split (each example is view 1 once per pass)")
+    epochs: float = _f(1.0, "passes over the training split (each example is view 1 once per pass)")
     batch_size: int = _f(
         8,
         "pairs per step (per process); supcon and paper both need 2 or more (an item's "
