@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--gradient-checkpointing", action="store_true", help="for both variants")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
-    p.add_argument("--layer", type=int, default=None, help="target block (default: the middle)")
+    p.add_argument("--layer", type=int, default=None, help="target block (default: seer's)")
     p.add_argument("--steps", type=int, default=3, help="timed steps of ours, after 1 warm-up")
     p.add_argument("--ref-steps", type=int, default=None, help="timed reference steps (<= steps)")
     lengths = ("REQUEST", "RESPONSE", "RETAIN")
