@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-wait-ms",
         type=float,
         nargs="+",
-        default=[50.0],
+        default=[150.0],
         help="the server's --batch-wait-ms (0: a waiting request enters at the next step); "
         "with several, each K's serve phase runs once per value, side by side in each round",
     )

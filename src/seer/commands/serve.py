@@ -32,7 +32,7 @@ class ServeConfig:
     max_batch_size: int = option(8, "most rows generating together (one forward pass per step)")
     max_queue: int = option(32, "most requests waiting for a row; more get 429 at once")
     batch_wait_ms: float = option(
-        50.0,
+        150.0,
         "how long a waiting request may wait for others to enter the batch with it, in one "
         "prefill pass (0: at the next step; a full batch does not wait)",
     )

@@ -169,7 +169,7 @@ def create_app(
     model_id: str = "seer",
     max_batch_size: int = 8,
     max_queue: int = 32,
-    batch_wait: float = 0.05,
+    batch_wait: float = 0.15,
     monitor: Monitor | None = None,
     default_max_tokens: int = 128,
 ) -> FastAPI:
