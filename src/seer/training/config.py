@@ -58,8 +58,8 @@ class TrainConfig:
     layer: int | None = _f(
         None,
         "0-based decoder block whose output is the representation; LoRA adapts blocks 0..layer. "
-        "None: the block at 0.8 of the depth, floor(0.8 n_layers) (24 of 30; the paper read "
-        "25 of 32): see the README's Layer bullet",
+        "None: four fifths of the depth, floor(4 n_layers / 5) (block 24 of SmolLM2's 30; the "
+        "paper read 25 of 32): see the README's Layer bullet",
     )
     layers_path: str | None = _f(None, "dotted path to the decoder blocks if seer cannot find them")
     positions: tuple[Literal["last", "user_end"], ...] = _f(
