@@ -28,6 +28,8 @@ from seer.inference.serve.server import running  # noqa: E402
 
 PROMPT = "how far away is the moon"
 CONCEPTS = ["cooking", "space", "sports"]
+# a streamed request that runs long enough (200 tokens) for others to arrive while it generates
+LONG_STREAM = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 200, "stream": True}
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +240,7 @@ def test_concurrent_requests_share_batches_and_read_like_one_alone(url, referenc
 
 def test_a_request_joins_the_running_batch_instead_of_waiting(run_dir, tokenizer):
     with serving(run_dir, tokenizer, pace=0.02, max_batch_size=2, max_queue=0) as base:
-        body = {
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 200,
-            "stream": True,
-        }
+        body = LONG_STREAM
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
             lines = a.iter_lines()
             next(lines)  # A is generating its 200 tokens, for 4 s at least
@@ -295,11 +293,7 @@ def test_requests_that_arrive_close_together_join_a_running_batch_together(run_d
     # 1.5 s wait they join in one prefill pass, A stepping on meanwhile (without the wait:
     # one pass each).
     with serving(run_dir, tokenizer, pace=0.02, max_batch_size=4, batch_wait=1.5) as base:
-        body = {
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 200,
-            "stream": True,
-        }
+        body = LONG_STREAM
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
             lines = a.iter_lines()
             next(lines)  # A is generating
@@ -326,11 +320,7 @@ def test_a_lone_request_waits_no_longer_than_the_batch_wait(run_dir, tokenizer):
 def test_disconnect_mid_stream_frees_the_slot(run_dir, tokenizer):
     gate = threading.Event()
     with serving(run_dir, tokenizer, gate=gate, max_batch_size=1, max_queue=0) as base:
-        body = {
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 200,
-            "stream": True,
-        }
+        body = LONG_STREAM
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
@@ -348,11 +338,7 @@ def test_full_queue_answers_429_at_once(run_dir, tokenizer):
     # its 200 tokens first, B take its slot and C the free queue place (a 200, seen in CI).
     gate = threading.Event()
     with serving(run_dir, tokenizer, gate=gate, max_batch_size=1, max_queue=1) as base:
-        body = {
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 200,
-            "stream": True,
-        }
+        body = LONG_STREAM
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as a:
             a_lines = a.iter_lines()  # kept: a dropped iterator closes the connection
             next(a_lines)  # A is generating
