@@ -137,10 +137,19 @@ PROMPT = "how far away is the moon"
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tokenizer) -> Path:
     """One tiny run per test session; tests never modify it (copy it to change it)."""
+    return _tiny_run(tmp_path_factory.getbasetemp() / "explain-run", tokenizer, ("last",))
+
+
+@pytest.fixture(scope="session")
+def trained_mean_run(tmp_path_factory, tokenizer) -> Path:
+    """The same tiny run reading the 'mean' span (``--positions mean``)."""
+    return _tiny_run(tmp_path_factory.getbasetemp() / "explain-mean-run", tokenizer, ("mean",))
+
+
+def _tiny_run(root: Path, tokenizer, positions: tuple[str, ...]) -> Path:
     from seer.training.config import TrainConfig
     from seer.training.train import train
 
-    root = tmp_path_factory.getbasetemp() / "explain-run"
     if not (root / "run" / "seer.json").is_file():
         root.mkdir(exist_ok=True)
         config = TrainConfig(
@@ -153,6 +162,7 @@ def trained_run(tmp_path_factory, tokenizer) -> Path:
             layer=1,
             test_fraction=0.34,
             overwrite=True,
+            positions=positions,
         )
         train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
     return root / "run"

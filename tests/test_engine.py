@@ -9,9 +9,11 @@ from seer.inference.engine import Engine
 from seer.inference.monitor import Monitor
 
 
-@pytest.fixture(scope="module")
-def explainer(trained_run, tokenizer):
-    return make_explainer(trained_run, tokenizer)
+@pytest.fixture(scope="module", params=["last", "mean"])
+def explainer(request, tokenizer):
+    """Every test runs on a run reading the last token and on one reading the 'mean' span."""
+    run = request.getfixturevalue("trained_run" if request.param == "last" else "trained_mean_run")
+    return make_explainer(run, tokenizer)
 
 
 def rows_of(events):

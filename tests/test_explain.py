@@ -26,6 +26,12 @@ def explainer(run_dir, tokenizer):
     return make_explainer(run_dir, tokenizer)
 
 
+@pytest.fixture(scope="module", params=["last", "mean"])
+def any_run(request, run_dir):
+    """The tiny run reading the last token, and one reading the 'mean' span."""
+    return run_dir if request.param == "last" else request.getfixturevalue("trained_mean_run")
+
+
 def plain_generate(explainer, prompt, n):
     ids = prompt_ids(explainer.tokenizer, prompt)
     out = explainer.model.generate(
@@ -89,7 +95,8 @@ def test_none_below_threshold(run_dir, tmp_path, tokenizer):
             assert {t["top"] == "none" for t in result.trace} == {expect_none}
 
 
-def test_score_matches_representations_and_calibration(explainer, tokenizer):
+def test_score_matches_representations_and_calibration(any_run, tokenizer):
+    explainer = make_explainer(any_run, tokenizer)
     rows = explainer.run.split("calibration")
     reps = representations(explainer.model, tokenizer, rows, [explainer.layer], explainer.positions)
     cos = reps[explainer.layer] @ explainer.prototypes.numpy().T
@@ -112,8 +119,8 @@ def test_generate_reply_and_trace_match_plain_generation(explainer, tokenizer):
 
 
 @pytest.mark.parametrize("token, path", [("a", "cache"), ("Ġthe", "full pass")])
-def test_final_explanation_equals_scoring_the_reply(run_dir, tokenizer, token, path):
-    explainer = make_explainer(run_dir, tokenizer)
+def test_final_explanation_equals_scoring_the_reply(any_run, tokenizer, token, path):
+    explainer = make_explainer(any_run, tokenizer)
     only_token(explainer, tokenizer.convert_tokens_to_ids(token))
     lengths, handle = input_lengths(explainer)
     try:
@@ -135,8 +142,8 @@ def test_final_explanation_equals_scoring_the_reply(run_dir, tokenizer, token, p
             assert a["probabilities"] == pytest.approx(b["probabilities"], abs=2e-4)
 
 
-def test_rows_ending_together_take_their_final_read_in_one_pass(run_dir, tokenizer):
-    explainer = make_explainer(run_dir, tokenizer)
+def test_rows_ending_together_take_their_final_read_in_one_pass(any_run, tokenizer):
+    explainer = make_explainer(any_run, tokenizer)
     only_token(explainer, tokenizer.convert_tokens_to_ids("a"))
     prompts = PROMPTS[:3]  # three prompt lengths: a left-padded batch
     lengths, handle = input_lengths(explainer)

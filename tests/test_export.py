@@ -12,9 +12,10 @@ from seer.inference.explainer import Explainer
 from seer.inference.export import export
 
 
-@pytest.fixture(scope="module")
-def run_dir(trained_run):
-    return trained_run
+@pytest.fixture(scope="module", params=["last", "mean"])
+def run_dir(request):
+    """The tiny run reading the last token, and the one reading the 'mean' span."""
+    return request.getfixturevalue("trained_run" if request.param == "last" else "trained_mean_run")
 
 
 @pytest.fixture(scope="module")

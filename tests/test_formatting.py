@@ -54,3 +54,17 @@ def test_pad_batch_right_pads_to_the_longest(tokenizer):
     rounded = pad_batch([a, b], ("last",), tokenizer.pad_token_id, pad_to_multiple_of=64)
     assert rounded["input_ids"].shape[1] == 64
     assert torch.equal(rounded["attention_mask"].sum(1), batch["attention_mask"].sum(1))
+
+
+def test_the_mean_span_starts_at_the_users_message(tokenizer):
+    enc = encode(tokenizer, "what is a comet", "a ball of ice", "full")
+    assert tokenizer.decode(enc.input_ids[: enc.start]).endswith("<|im_start|>user\n")
+    assert tokenizer.decode(enc.input_ids[enc.start :]).startswith("what is a comet")
+    assert enc.span_start("mean") == enc.start and enc.span_start("last") == enc.last
+    assert enc.span_start("user_end") == enc.position("user_end") == enc.user_end
+    # the same head in every form of the text: the prompt alone, the response alone
+    for mode in ("prompt", "response"):
+        assert encode(tokenizer, "what is a comet", "a ball of ice", mode).start == enc.start
+    batch = pad_batch([enc], ("user_end", "mean"), tokenizer.pad_token_id)
+    assert batch["starts"].tolist() == [[enc.user_end, enc.start]]
+    assert batch["positions"].tolist() == [[enc.user_end, enc.last]]

@@ -1,11 +1,15 @@
 """Turn (prompt, response) pairs into token ids and the positions representations are read at.
 
 Formatting goes only through the tokenizer's chat template; a tokenizer without one gets
-plain concatenation (``prompt + "\\n" + response``). Two positions are defined:
+plain concatenation (``prompt + "\\n" + response``). Three read positions are defined, each
+a span of tokens whose states are averaged (one token for the first two):
 
 - ``user_end``: the last token before the assistant's reply starts (the end of the
   user turn plus the template's assistant header), i.e. where the model is about to answer;
-- ``last``: the last real token of the text.
+- ``last``: the last real token of the text;
+- ``mean``: every token from the first of the user's message (``Encoded.start``: after the
+  template's head, whose states are the same for every text, and after the first token,
+  where many models put a massive activation) to the last real token.
 """
 
 from __future__ import annotations
@@ -17,11 +21,19 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["POSITIONS", "Encoded", "encode", "pad_batch", "prompt_ids", "warn_truncated"]
+__all__ = [
+    "POSITIONS",
+    "Encoded",
+    "content_start",
+    "encode",
+    "pad_batch",
+    "prompt_ids",
+    "warn_truncated",
+]
 
 logger = logging.getLogger(__name__)
 
-POSITIONS = ("last", "user_end")
+POSITIONS = ("last", "user_end", "mean")
 Mode = Literal["full", "prompt", "response"]
 
 
@@ -32,13 +44,19 @@ class Encoded:
     input_ids: list[int]
     user_end: int
     truncated: bool = False
+    start: int = 0  # the first token of the user's message (see ``mean``)
 
     @property
     def last(self) -> int:
         return len(self.input_ids) - 1
 
     def position(self, name: str) -> int:
-        return self.last if name == "last" else self.user_end
+        """The last token of the read span ``name``."""
+        return self.user_end if name == "user_end" else self.last
+
+    def span_start(self, name: str) -> int:
+        """The first token of the read span ``name`` (``position(name)`` for one token)."""
+        return min(self.start, self.last) if name == "mean" else self.position(name)
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -59,6 +77,19 @@ def _template(
             messages, tokenize=False, add_generation_prompt=generation_prompt
         )
     )
+
+
+_MARK = "\u2063seer\u2063"  # text no prompt contains, to find where the user's message starts
+
+
+def content_start(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int:
+    """The index in ``ids`` (a formatted text) of the first token of the user's message: the
+    length of the template's head (every token before the message), at least 1 (the first
+    token, often a massive activation, is never part of the message's span)."""
+    text = _template(tokenizer, _MARK, None, generation_prompt=True)
+    head = _ids(tokenizer, text[: text.index(_MARK)]) if _MARK in text else []
+    n = next((i for i, (a, b) in enumerate(zip(ids, head, strict=False)) if a != b), len(head))
+    return max(1, min(n, len(ids) - 1))
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
@@ -94,8 +125,8 @@ def encode(
             budget = max(1, max_length - (len(head) - len(_ids(tokenizer, prompt))))
             cut = str(tokenizer.decode(_ids(tokenizer, prompt)[:budget]))
             ids = prompt_ids(tokenizer, cut)[:max_length]
-            return Encoded(ids, min(max_length, len(head)) - 1, True)
-        return Encoded(ids, len(ids) - 1, truncated)
+            return Encoded(ids, min(max_length, len(head)) - 1, True, content_start(tokenizer, ids))
+        return Encoded(ids, len(ids) - 1, truncated, content_start(tokenizer, ids))
     full = _ids(tokenizer, _template(tokenizer, prompt, response, generation_prompt=False))
     truncated = False
     if len(full) > max_length:
@@ -112,7 +143,7 @@ def encode(
             (i for i, (a, b) in enumerate(zip(full, head, strict=False)) if a != b),
             min(len(full), n),
         )
-    return Encoded(full, max(0, min(n, len(full)) - 1), truncated)
+    return Encoded(full, max(0, min(n, len(full)) - 1), truncated, content_start(tokenizer, full))
 
 
 def pad_batch(
@@ -121,10 +152,13 @@ def pad_batch(
     pad_token_id: int,
     pad_to_multiple_of: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Right-pad to the batch's longest text: ``input_ids``, ``attention_mask``, ``positions``.
+    """Right-pad to the batch's longest text: ``input_ids``, ``attention_mask``, ``positions``,
+    ``starts``.
 
-    ``positions`` is ``[B, len(positions)]`` of token indices. ``pad_to_multiple_of`` rounds
-    the length up (fewer distinct shapes help compiled/cuDNN attention on GPUs).
+    ``positions`` and ``starts`` are ``[B, len(positions)]``: the last and the first token of
+    each read span (equal for the one-token positions; see
+    :func:`seer.core.represent.pick_positions`). ``pad_to_multiple_of`` rounds the length
+    up (fewer distinct shapes help compiled/cuDNN attention on GPUs).
     """
     length = max(len(e.input_ids) for e in encoded)
     if pad_to_multiple_of:
@@ -135,7 +169,8 @@ def pad_batch(
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
         mask[i, : len(e.input_ids)] = 1
     pos = torch.tensor([[e.position(p) for p in positions] for e in encoded], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "positions": pos}
+    starts = torch.tensor([[e.span_start(p) for p in positions] for e in encoded], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "positions": pos, "starts": starts}
 
 
 def warn_truncated(

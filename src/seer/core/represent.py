@@ -24,26 +24,53 @@ __all__ = [
     "normalise_states",
     "pick_positions",
     "representations",
+    "running_means",
 ]
 
 
-def pick_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Hidden states ``[B, T, H]`` at token indices ``positions`` ``[B, P]``: ``[B, P, H]``."""
+def pick_positions(
+    hidden: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The states of each read span: hidden states ``[B, T, H]`` averaged over the tokens
+    ``starts..positions`` (both ``[B, P]``, inclusive), ``[B, P, H]`` in float32. Without
+    ``starts`` (or where a start equals its position) the span is the one token at
+    ``positions``, taken exactly."""
     index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
-    return hidden.gather(1, index).float()
+    picked = hidden.gather(1, index).float()
+    if starts is None or bool((starts == positions).all()):
+        return picked
+    steps = torch.arange(hidden.shape[1], device=hidden.device)
+    span = (steps >= starts[..., None]) & (steps <= positions[..., None])  # [B, P, T]
+    weights = span.float() / span.sum(-1, keepdim=True).clamp(min=1)
+    pooled = weights @ hidden.float()
+    return torch.where((starts == positions)[..., None], picked, pooled)
+
+
+def running_means(hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """Row ``t`` of ``hidden`` ``[T, H]`` replaced by the mean of rows ``start..t`` (the
+    ``mean`` span as read after token ``t``); rows before ``start`` stay as they are. Float32."""
+    out = hidden.float().clone()
+    tail = out[start:]
+    counts = torch.arange(1, len(tail) + 1, device=out.device, dtype=out.dtype)[:, None]
+    out[start:] = tail.cumsum(0) / counts
+    return out
 
 
 def gather_positions(
-    hidden: torch.Tensor, positions: torch.Tensor, center: torch.Tensor | None = None
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    center: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The representation of each row: hidden states ``[B, T, H]`` at token indices
-    ``positions`` ``[B, P]``, minus ``center`` ``[P, H]`` if given (see
-    :mod:`seer.core.normalise`), each L2-normalised, concatenated and scaled by ``1/sqrt(P)``.
+    """The representation of each row: hidden states ``[B, T, H]`` at the read spans
+    ``starts..positions`` ``[B, P]`` (:func:`pick_positions`), minus ``center`` ``[P, H]`` if
+    given (see :mod:`seer.core.normalise`), each L2-normalised, concatenated and scaled by
+    ``1/sqrt(P)``.
 
     The result is unit-norm, and the cosine of two results is the mean of the per-position
     cosines; with one position it is simply the normalised hidden state.
     """
-    return normalise_states(pick_positions(hidden, positions), center)
+    return normalise_states(pick_positions(hidden, positions, starts), center)
 
 
 def normalise_states(picked: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,12 +132,13 @@ def representations(
                 attention_mask=batch["attention_mask"].to(device),
                 use_cache=False,
             )
-            pos = batch["positions"].to(device)
+            pos, starts = batch["positions"].to(device), batch["starts"].to(device)
             for layer in layers:
                 if raw:
-                    rep = pick_positions(hidden[layer], pos).flatten(1)
+                    rep = pick_positions(hidden[layer], pos, starts).flatten(1)
                 else:
-                    rep = gather_positions(hidden[layer], pos, (centers or {}).get(layer))
+                    center = (centers or {}).get(layer)
+                    rep = gather_positions(hidden[layer], pos, center, starts)
                 chunks[layer].append(rep.cpu().numpy())
     if not batches:
         return {layer: np.zeros((0, 0), np.float32) for layer in layers}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from seer.core.formatting import encode
 from seer.core.layers import capture_layers, run_until
-from seer.core.represent import representations
+from seer.core.represent import representations, running_means
 from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
 from seer.inference.engine import Engine, RowResult
@@ -112,7 +112,8 @@ class Explainer:
         """Explain a given prompt (and response) with one forward pass, read exactly as in
         training and evaluation. The trace covers the tokens after the user turn (the
         response and the template's closing tags), or the whole prompt when there is no
-        response; its last entry is the final explanation."""
+        response; its last entry is the final explanation. A run reading the ``mean`` span
+        reads each token with the mean state from the user's message up to that token."""
         check_request(prompt)
         enc = encode(self.tokenizer, prompt, response, "full", self.max_length)
         with capture_layers(
@@ -122,8 +123,9 @@ class Explainer:
             run_until(self.model, input_ids=ids, use_cache=False)
             hidden = h[self.layer][0].detach()  # [T, H]
         start = enc.user_end + 1 if response else 0
+        means = running_means(hidden, enc.span_start("mean"))[start : enc.last + 1]
         reading = self.readout.read(
-            self.readout.vectors(hidden[enc.user_end], hidden[start : enc.last + 1])
+            self.readout.vectors(hidden[enc.user_end], hidden[start : enc.last + 1], means)
         )
         tokens = [self.tokenizer.decode([t]) for t in enc.input_ids[start : enc.last + 1]]
         trace = [

@@ -3,8 +3,10 @@
 The folder loads with plain ``AutoModelForCausalLM.from_pretrained(out)`` (serve it with any
 stack), and carries the run's ``seer.json`` and ``prototypes.safetensors``, so
 ``Explainer.from_run(out)`` works on it too. A server's own hook reads the explanation like
-this (``positions == ["last"]``; with two positions, concatenate the normalised states at
-both, in the order of ``meta["positions"]``, and divide by ``sqrt(2)``; a run trained with
+this (``positions == ["last"]``; for ``["mean"]``, the mean of the block's states from the
+first token of the user's message, as the README's recipe reads it; with two positions,
+concatenate the normalised states at both, in the order of ``meta["positions"]``, and
+divide by ``sqrt(2)``; a run trained with
 ``--representation centered`` also stores ``center`` ``[P, H]`` in ``prototypes.safetensors``:
 subtract its row for each position before normalising, as the README's recipe does)::
 

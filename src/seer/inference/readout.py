@@ -1,7 +1,7 @@
 """The readout: a representation compared with the run's concept prototypes.
 
 Prototypes -> cosines -> calibrated probabilities (``softmax(cos / T)``) -> ``none`` below the
-calibrated threshold; the position layout (``last``, ``user_end`` or both) and the steering
+calibrated threshold; the position layout (``last``, ``user_end``, ``mean``) and the steering
 direction. Pure tensor/numpy code with no model: used by training (prototypes, calibration),
 evaluation, the explainer, the generation engine and export.
 
@@ -132,14 +132,21 @@ class Readout:
             raise SeerError(f"concept {concept!r} is not in this run; it has {self.concepts}")
         return self.concepts.index(concept)
 
-    def vectors(self, user_end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def vectors(
+        self, user_end: torch.Tensor, tokens: torch.Tensor, mean: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Representations ``[n, D]``: 'last' := each row of ``tokens`` ``[n, H]``, 'user_end'
-        := ``user_end`` (``[H]`` or ``[n, H]``); each minus the run's center (if it has one),
+        := ``user_end`` (``[H]`` or ``[n, H]``), 'mean' := each row of ``mean`` ``[n, H]`` (the
+        mean state of the span read so far); each minus the run's center (if it has one),
         normalised, concatenated in the run's position order and divided by
         ``sqrt(#positions)`` (unit norm, as in training)."""
+        if "mean" in self.positions and mean is None:
+            raise ValueError("this run reads the 'mean' span: pass its mean states")
         parts = []
         for k, name in enumerate(self.positions):
-            h = (user_end.expand_as(tokens) if name == "user_end" else tokens).float()
+            given = {"user_end": user_end.expand_as(tokens), "mean": mean}.get(name, tokens)
+            assert given is not None
+            h = given.float()
             if self.center is not None:
                 h = h - self.center[k].to(h.device)
             parts.append(normalize_rows(h))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from seer.core.formatting import encode
+from seer.core.formatting import content_start, encode
 from seer.core.layers import add_to_layer, capture_layers, run_until
 from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
@@ -44,9 +44,21 @@ class Row:
         self.text = TextStream(explainer.tokenizer)
         self.trace: list[dict[str, Any]] = []
         self.user_end: torch.Tensor | None = None  # the target layer's state at the prompt's end
+        # the 'mean' span: its first token (of ids) and the sum and count of its states so far
+        self.start = content_start(explainer.tokenizer, ids)
+        self.span_sum: torch.Tensor | None = None
+        self.span_count = 0
         self.prompt_norm: torch.Tensor | None = None
         self.steering: torch.Tensor | None = None
         self.cancelled = False
+
+    def span_mean(self, more: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean state of the 'mean' span read so far, with the states ``more`` ``[n, H]``
+        read after it (not kept)."""
+        assert self.span_sum is not None
+        if more is None:
+            return self.span_sum / self.span_count
+        return (self.span_sum + more.float().sum(0)) / (self.span_count + len(more))
 
     def observe(self, probabilities: np.ndarray) -> None:
         """The monitor's look at this pass; a steering monitor that fires switches on."""
@@ -124,10 +136,17 @@ class Step:
         if self._prefill:
             for i, row in enumerate(rows):
                 row.user_end = newest[i]
-                row.prompt_norm = hidden[i, -len(row.ids) :].detach().float().norm(dim=-1).mean()
+                prompt = hidden[i, -len(row.ids) :].detach().float()
+                row.prompt_norm = prompt.norm(dim=-1).mean()
+                row.span_sum, row.span_count = prompt[row.start :].sum(0), len(row.ids) - row.start
+        else:
+            for i, row in enumerate(rows):
+                assert row.span_sum is not None  # set by the row's prefill
+                row.span_sum, row.span_count = row.span_sum + newest[i].float(), row.span_count + 1
         readout = self.explainer.readout
         user_end = torch.stack([r.user_end for r in rows])  # type: ignore[misc]
-        self._reading = readout.read(readout.vectors(user_end, newest))
+        means = torch.stack([r.span_mean() for r in rows])
+        self._reading = readout.read(readout.vectors(user_end, newest, means))
         for i, row in enumerate(rows):
             row.observe(self._reading.probabilities[i])
         if all(r.steering is None for r in rows):
@@ -274,16 +293,24 @@ class Step:
                     "position_ids": torch.arange(len(target), device=device)[None],
                     "use_cache": False,
                 }
-                last = self._read(alone)[0, -1]
-                states[k] = (last, last)
+                read = self._read(alone)[0]
+                mean = read[content_start(self.tokenizer, target) :].float().mean(0)
+                states[k] = (read[-1], read[-1], mean, mean)
         if through:
             hidden = self._read_after(kv.keep([i for _, i, _ in through]), [s for *_, s in through])
             for j, (k, _, suffix) in enumerate(through):
-                states[k] = (hidden[j, 0], hidden[j, len(suffix) - 1])
+                row, read = ending[k][1], hidden[j, : len(suffix)]
+                states[k] = (read[0], read[-1], row.span_mean(read[:1]), row.span_mean(read))
         readout, events = self.explainer.readout, []
         for k, (_, row, reason) in enumerate(ending):
-            token_state, last = states[k]
-            reading = readout.read(readout.vectors(row.user_end, torch.stack([token_state, last])))  # type: ignore[arg-type]
+            token_state, last, token_mean, mean = states[k]
+            reading = readout.read(
+                readout.vectors(
+                    row.user_end,  # type: ignore[arg-type]
+                    torch.stack([token_state, last]),
+                    torch.stack([token_mean, mean]),
+                )
+            )
             text = row.text.push(row.tokens[-1]) + row.text.flush()
             event = row.event(reading, 0, text)
             cos, probs = reading.cosines[1], reading.probabilities[1]

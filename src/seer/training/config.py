@@ -62,10 +62,12 @@ class TrainConfig:
         "paper read 25 of 32): see the README's Layer bullet",
     )
     layers_path: str | None = _f(None, "dotted path to the decoder blocks if seer cannot find them")
-    positions: tuple[Literal["last", "user_end"], ...] = _f(
+    positions: tuple[Literal["last", "user_end", "mean"], ...] = _f(
         ("last",),
-        "token positions read: 'last' (last real token) and/or 'user_end' (end of the user turn); "
-        "with both, the representation is the mean of the two cosines (paper's detox setting)",
+        "where the representation is read: 'last' (last real token), 'user_end' (end of the "
+        "user turn), 'mean' (the mean state over the user's message and the reply); with "
+        "several, the representation is the mean of their cosines (paper's detox setting: "
+        "user_end and last)",
     )
     max_length: int = _f(512, "texts longer than this many tokens are truncated (with a warning)")
     # --- data --------------------------------------------------------------------------
@@ -210,7 +212,7 @@ class TrainConfig:
         bad = [p for p in self.positions if p not in POSITIONS]
         if bad or not self.positions:
             raise SeerError(
-                f"--positions {bad or '()'} not understood; use one or both of {POSITIONS}"
+                f"--positions {bad or '()'} not understood; use one or more of {POSITIONS}"
             )
         if self.objective not in ("paper", "supcon"):
             raise SeerError(f"--objective must be 'paper' or 'supcon', got {self.objective!r}")

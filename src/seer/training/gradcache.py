@@ -33,6 +33,7 @@ def micro_batches(inputs: dict, size: int) -> list[dict]:
                     "input_ids": part["input_ids"][rows, :length],
                     "attention_mask": mask[:, :length],
                     "positions": part["positions"][rows],
+                    "starts": part["starts"][rows],
                 }
         chunks.append(chunk)
     return chunks

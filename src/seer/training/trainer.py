@@ -82,6 +82,11 @@ def _concat(
     }
 
 
+def _states(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The states ``[B, P, H]`` of a batch part's read spans."""
+    return pick_positions(hidden, part["positions"], part.get("starts"))
+
+
 class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
     caching, the DDP gradient average), ``log`` and the sampler."""
@@ -157,9 +162,7 @@ class SeerTrainer(Trainer):
         layer, v1, v2 = self.layer, batch["view1"], batch["view2"]
         h1, _ = self._forward(model, v1, [layer], full=False)
         h2, _ = self._forward(model, v2, [layer], full=False)
-        return pick_positions(h1[layer], v1["positions"]), pick_positions(
-            h2[layer], v2["positions"]
-        )
+        return _states(h1[layer], v1), _states(h2[layer], v2)
 
     def _terms(
         self,
@@ -203,7 +206,7 @@ class SeerTrainer(Trainer):
             if retain is not None:
                 h_retain, _ = self._forward(model, retain, adapted, full=False)
                 mine = [h_retain[i] for i in adapted]
-        s1, s2 = pick_positions(h1[layer], v1["positions"]), pick_positions(h2, v2["positions"])
+        s1, s2 = _states(h1[layer], v1), _states(h2, v2)
         parts: dict[str, torch.Tensor] = {}
         retain_loss = s1.new_zeros(())
         if retain is not None:

@@ -1,0 +1,75 @@
+"""Where to read a concept off the base model: the last token, the end of the user turn, or
+the mean state over the user's message and the reply (``--positions mean``), at several
+blocks, on one dataset's seeded split, with no training.
+
+For each read span and block it prints the held-out accuracy of nearest-prototype reading
+(seer's readout: cosine to each concept's mean normalised training state) and of an external
+logistic-regression probe on the same states. The split is the one ``seer train`` makes with
+the same ``--max-per-concept``, fractions and seed (prototypes and probe from the training
+part only). One forward pass per batch serves every block and span.
+
+    python bench/read_spans.py --data ../shared/data/beavertails_multiclass.csv \
+        --concept-column value --max-per-concept 125
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from seer.core.data import load_concepts
+from seer.core.formatting import POSITIONS
+from seer.core.models import load_model
+from seer.core.represent import representations
+from seer.core.splits import split_three
+from seer.evaluation.metrics import compute_prototypes, cosine_scores, probe_accuracy
+
+
+def prototype_accuracy(train: np.ndarray, y_train: list, test: np.ndarray, y_test: list) -> float:
+    names, prototypes = compute_prototypes(train, y_train)
+    top = cosine_scores(test, prototypes).argmax(axis=1)
+    return float(np.mean([names[i] == y for i, y in zip(top, y_test, strict=True)]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--concept-column", default="concept")
+    p.add_argument("--response-column", default="response", help="'' for prompts only")
+    p.add_argument("--max-per-concept", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blocks", type=int, nargs="+", default=[14, 20, 24, 27])
+    p.add_argument("--model", default="embedded")
+    args = p.parse_args(argv)
+    examples = load_concepts(
+        args.data,
+        args.concept_column,
+        response_column=args.response_column or None,
+        max_per_concept=args.max_per_concept,
+        seed=args.seed,
+    )
+    train, _, test = split_three(examples, 0.2, 0.2, args.seed)
+    model, tokenizer = load_model(args.model)
+    started = time.time()
+    states = {
+        name: representations(model, tokenizer, rows, args.blocks, POSITIONS, progress=name)
+        for name, rows in (("train", train), ("test", test))
+    }
+    labels = {"train": [r["concept"] for r in train], "test": [r["concept"] for r in test]}
+    print(f"\n{len(train)} training and {len(test)} held-out texts, {time.time() - started:.0f} s")
+    print("| read span | block | prototype accuracy | probe accuracy |\n|---|---|---|---|")
+    hidden = model.config.hidden_size
+    for k, span in enumerate(POSITIONS):
+        for block in args.blocks:
+            tr, te = (states[s][block][:, k * hidden : (k + 1) * hidden] for s in ("train", "test"))
+            proto = prototype_accuracy(tr, labels["train"], te, labels["test"])
+            probe = probe_accuracy(tr, labels["train"], te, labels["test"], seed=args.seed)
+            print(f"| {span} | {block} | {proto:.3f} | {probe:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
