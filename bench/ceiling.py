@@ -23,40 +23,28 @@ import time
 
 import torch
 import torch.nn.functional as F
+from read_spans import data_arguments, load_split  # bench/, beside this script
 
-from seer.core.data import load_concepts
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import capture_layers, get_layers, run_until
 from seer.core.models import load_model
 from seer.core.represent import pick_positions
-from seer.core.splits import split_three
 from seer.training.build import _adapted, default_layer, learning_rate, lora_targets
 from seer.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--concept-column", default="concept")
-    p.add_argument("--response-column", default="response", help="'' for prompts only")
-    p.add_argument("--max-per-concept", type=int, default=None)
+    data_arguments(p)
     p.add_argument("--positions", nargs="+", default=["last"])
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     config = TrainConfig(positions=tuple(args.positions), seed=args.seed)
-    examples = load_concepts(
-        args.data,
-        args.concept_column,
-        response_column=args.response_column or None,
-        max_per_concept=args.max_per_concept,
-        seed=args.seed,
-    )
-    parts = split_three(examples, 0.2, 0.2, args.seed)
+    parts = load_split(args)
     split = dict(zip(("train", "calibration", "test"), parts, strict=True))
-    concepts = sorted({ex["concept"] for ex in examples})
+    concepts = sorted({ex["concept"] for rows in parts for ex in rows})
     model, tokenizer = load_model("embedded")
     layer = default_layer(len(get_layers(model))) if args.layer is None else args.layer
     lr = learning_rate(config, model)

@@ -34,16 +34,18 @@ def prototype_accuracy(train: np.ndarray, y_train: list, test: np.ndarray, y_tes
     return float(np.mean([names[i] == y for i, y in zip(top, y_test, strict=True)]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def data_arguments(p: argparse.ArgumentParser) -> None:
+    """The concept data and its split, as ``seer train`` takes them (also bench/ceiling.py)."""
     p.add_argument("--data", required=True)
     p.add_argument("--concept-column", default="concept")
     p.add_argument("--response-column", default="response", help="'' for prompts only")
     p.add_argument("--max-per-concept", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blocks", type=int, nargs="+", default=[14, 20, 24, 27])
-    p.add_argument("--model", default="embedded")
-    args = p.parse_args(argv)
+
+
+def load_split(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train, calibration and test rows: the split ``seer train`` makes with these options
+    and the default fractions."""
     examples = load_concepts(
         args.data,
         args.concept_column,
@@ -51,7 +53,16 @@ def main(argv: list[str] | None = None) -> None:
         max_per_concept=args.max_per_concept,
         seed=args.seed,
     )
-    train, _, test = split_three(examples, 0.2, 0.2, args.seed)
+    return split_three(examples, 0.2, 0.2, args.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    data_arguments(p)
+    p.add_argument("--blocks", type=int, nargs="+", default=[14, 20, 24, 27])
+    p.add_argument("--model", default="embedded")
+    args = p.parse_args(argv)
+    train, _, test = load_split(args)
     model, tokenizer = load_model(args.model)
     started = time.time()
     states = {
