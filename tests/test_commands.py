@@ -72,7 +72,7 @@ def test_help_texts_quote_no_figures(name):
 def test_train_help_lists_choices_and_constraints():
     options = {a.dest: a for a in _options(_subparsers()["train"])}
     assert list(options["objective"].choices) == ["paper", "supcon"]
-    assert set(options["positions"].choices) == {"last", "user_end"}
+    assert set(options["positions"].choices) == {"last", "user_end", "mean"}
     assert re.search(r"supcon.*2 or more|2 or more.*supcon", options["batch_size"].help)
     assert "'text'" in options["retain_data"].help
 
