@@ -29,7 +29,7 @@ from seer.core.formatting import encode, pad_batch
 from seer.core.layers import capture_layers, get_layers, run_until
 from seer.core.models import load_model
 from seer.core.represent import pick_positions
-from seer.training.build import _adapted, default_layer, learning_rate, lora_targets
+from seer.training.build import add_lora, default_layer, learning_rate, lora_targets
 from seer.training.config import TrainConfig
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model("embedded")
     layer = default_layer(len(get_layers(model))) if args.layer is None else args.layer
     lr = learning_rate(config, model)
-    model = _adapted(config, model, lora_targets(model, config.target_modules), layer)
+    model = add_lora(config, model, lora_targets(model, config.target_modules), layer)
     head = torch.nn.Parameter(torch.randn(len(concepts), model.config.hidden_size) * 0.02)
     params = [q for q in model.parameters() if q.requires_grad] + [head]
     optimizer = torch.optim.AdamW(params, lr=lr)

@@ -44,7 +44,14 @@ from seer.training.pairs import (
 )
 from seer.training.trainer import SeerTrainer
 
-__all__ = ["build_trainer", "default_layer", "learning_rate", "lora_targets", "plan_memory"]
+__all__ = [
+    "add_lora",
+    "build_trainer",
+    "default_layer",
+    "learning_rate",
+    "lora_targets",
+    "plan_memory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +269,7 @@ def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
     return probe_steps(n_pairs // per_step, config.health_check_at)
 
 
-def _adapted(
+def add_lora(
     config: TrainConfig, model: PreTrainedModel, targets: list[str], layer: int
 ) -> PeftModel:
     """``model`` with LoRA on ``targets`` in blocks 0..layer, its init drawn from the seed."""
@@ -303,7 +310,7 @@ def build_trainer(
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
-    peft_model = _adapted(config, model, targets, layer)
+    peft_model = add_lora(config, model, targets, layer)
     pairs = schedule(config, train_rows, len(retain))
     warn_truncated(tokenizer, list(train_rows), config.max_length, "training examples")
     dataset = PairDataset(train_rows, retain, pairs, tokenizer, config.max_length)
