@@ -156,7 +156,8 @@ class TrainConfig:
     )
     learning_rate: float | None = _f(
         None,
-        "AdamW learning rate, constant. None: the paper's rate for models of a billion "
+        "AdamW learning rate (the peak of --lr-scheduler-type; the default schedule keeps it "
+        "constant). None: the paper's rate for models of a billion "
         "parameters or more, a larger one below (the values and their measurements: "
         "docs/results.md)",
     )
