@@ -304,14 +304,14 @@ def test_trainer_fields_reach_training_arguments(tmp_path, tokenizer, concept_fi
         concept_file,
         retain_file,
         gradient_accumulation_steps=2,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type="linear",
         warmup_steps=3,
         save_total_limit=2,
         seed=5,
     )
     args = trainer.args
     assert (args.gradient_accumulation_steps, args.warmup_steps, args.save_total_limit) == (2, 3, 2)
-    assert args.lr_scheduler_type == "cosine" and args.seed == 5 and args.report_to == []
+    assert args.lr_scheduler_type == "linear" and args.seed == 5 and args.report_to == []
     for bad, match in [
         (dict(bf16=True, fp16=True), "choose one"),
         (dict(lr_scheduler_type="sometimes"), "not a transformers scheduler"),

@@ -120,7 +120,7 @@ class TrainConfig:
         "massive-activation tokens weigh like any other; try --retain-l2-weight ~100 with it)",
     )
     contrastive_weight: float = _f(10.0, "weight of the disentanglement loss")
-    retain_l2_weight: float = _f(0.3, "weight of the hidden-state l2 retain loss on general text")
+    retain_l2_weight: float = _f(0.6, "weight of the hidden-state l2 retain loss on general text")
     health_check_at: float = _f(
         0.3,
         "share of the steps after which the training-health check warns if the contrastive loss "
@@ -156,8 +156,8 @@ class TrainConfig:
     )
     learning_rate: float | None = _f(
         None,
-        "AdamW learning rate (the peak of --lr-scheduler-type; the default schedule keeps it "
-        "constant). None: the paper's rate for models of a billion "
+        "AdamW learning rate (the peak of --lr-scheduler-type; the default schedule decays it "
+        "to 0 by a cosine). None: the paper's rate for models of a billion "
         "parameters or more, a larger one below (the values and their measurements: "
         "docs/results.md)",
     )
@@ -194,7 +194,9 @@ class TrainConfig:
     logging_steps: int = _f(5, "log the loss parts every N steps")
     # --- trainer (passed to transformers.TrainingArguments) ----------------------------
     gradient_accumulation_steps: int = _f(1, "steps whose gradients are summed per update")
-    lr_scheduler_type: str = _f("constant", "learning-rate schedule (a transformers SchedulerType)")
+    lr_scheduler_type: str = _f(
+        "cosine", "learning-rate schedule (a transformers SchedulerType; 'constant' keeps the peak)"
+    )
     warmup_steps: int = _f(0, "linear warm-up of the learning rate over this many updates")
     bf16: bool = _f(
         False,
