@@ -281,7 +281,9 @@ def test_score_many_reads_like_score(explainer):
         one = explainer.score(prompt, response)
         expected = {r["concept"]: r["probability"] for r in one.ranking}
         got = dict(zip(explainer.concepts, row.tolist(), strict=True))
-        assert got == pytest.approx(expected, abs=1e-5)
+        # padded and one-by-one passes differ by float32 rounding, which the calibrated
+        # softmax scales to about 1e-5 here (1.1e-5 seen with the cosine-schedule defaults)
+        assert got == pytest.approx(expected, abs=1e-4)
     space = explainer.final_probability("space", PROMPTS, responses, batch_size=3)
     assert space == many[:, explainer.concepts.index("space")].tolist()
     with pytest.raises(SeerError, match="pair them"):
@@ -300,7 +302,7 @@ def test_reply_end_monitor_decides_on_the_final_explanation(explainer):
     )
     assert watched.replies == plain.replies and watched.probabilities == [[]] * len(PROMPTS)
     final = explainer.score_many(PROMPTS, plain.replies)[:, explainer.concepts.index("space")]
-    assert watched.final == pytest.approx(final.tolist(), abs=1e-5)
+    assert watched.final == pytest.approx(final.tolist(), abs=1e-4)  # float32 rounding, above
     ordered = sorted(final)
     threshold = float(ordered[1] + ordered[2]) / 2  # two replies above, two below
     monitor = Monitor("space", threshold, refusal="no.", reply_end=True)
