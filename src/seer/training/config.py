@@ -126,7 +126,7 @@ class TrainConfig:
         "share of the steps after which the training-health check warns if the contrastive loss "
         "is still at chance or one loss part carries almost all of the gradient (0 = off)",
     )
-    kl_weight: float = _f(1.0, "weight of the next-token KL retain loss on concept texts (0 = off)")
+    kl_weight: float = _f(5.0, "weight of the next-token KL retain loss on concept texts (0 = off)")
     format_probs: tuple[float, float, float] = _f(
         (0.75, 0.125, 0.125),
         "probabilities of formatting a text as prompt+response, prompt, response",
