@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)  # the head and LoRA initialisation follow --seed, as the split
     config = TrainConfig(positions=tuple(args.positions), seed=args.seed)
     parts = load_split(args)
     split = dict(zip(("train", "calibration", "test"), parts, strict=True))
