@@ -116,11 +116,15 @@ class HealthCallback(TrainerCallback):
         stuck = value >= first * (1 - self.tolerance)
         if not (at_chance or stuck):
             return
-        state = (
-            "still at its chance value"
-            if at_chance
-            else f"not below its first value {first:.3f}; chance is"
-        )
+        if at_chance:
+            state = "still at its chance value"
+        elif value >= first:
+            state = f"has not fallen from its first value {first:.3f}; chance is"
+        else:
+            state = (
+                f"has fallen only {1 - value / first:.1%} from its first value {first:.3f} "
+                f"(less than {self.tolerance:.0%}); chance is"
+            )
         cosines = ""
         if "same_concept_cos" in logs and "diff_concept_cos" in logs:
             cosines = (
