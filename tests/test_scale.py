@@ -386,9 +386,10 @@ def test_health_warns_once_when_the_contrastive_loss_sits_at_chance():
     centred = {s: {"contrastive": 7.0 - 0.3 * s} for s in range(1, 11)}
     assert _feed(HealthCallback(chance, check_at=0.3), centred) == []
     flat = {s: {"contrastive": 7.0} for s in range(1, 11)}
-    assert "has not fallen from its first value 7.000" in _feed(
-        HealthCallback(chance, check_at=0.3), flat
-    )[0]
+    assert (
+        "has not fallen from its first value 7.000"
+        in _feed(HealthCallback(chance, check_at=0.3), flat)[0]
+    )
     # Fallen, but by less than the tolerance: the message says by how much, not "not below"
     # (a MATH-7 run's log read "2.238, not below its first value 2.331").
     slow = {1: {"contrastive": 2.331}, **{s: {"contrastive": 2.238} for s in range(2, 11)}}
