@@ -62,8 +62,9 @@ def probe_steps(max_steps: int, check_at: float) -> frozenset[int]:
 
 class HealthCallback(TrainerCallback):
     """Warn (once each) when, after ``check_at`` of the steps, the contrastive loss is within
-    ``tolerance`` (a share of it) of its chance value or has not fallen by that share from its
-    first logged value, or one loss part carries more than ``dominance`` of the gradient.
+    ``tolerance`` (a share of it) of its chance value or, having started above chance, has not
+    fallen by that share from its first logged value, or one loss part carries more than
+    ``dominance`` of the gradient.
     Warnings are logged and kept in :attr:`warnings`.
 
     (A centred representation starts well above chance, since centred states of one batch
@@ -113,7 +114,10 @@ class HealthCallback(TrainerCallback):
     def _check_chance(self, value: float, logs: dict, where: str) -> None:
         at_chance = abs(value - self.chance) <= self.tolerance * self.chance
         first = self._first if self._first is not None else value
-        stuck = value >= first * (1 - self.tolerance)
+        # The fall is measured from the first logged value only where that lies above chance
+        # (a centred run): a first value below chance is the mean of a logging interval that
+        # has already learned, and measured from it a run that learns can look stuck.
+        stuck = first > self.chance and value >= first * (1 - self.tolerance)
         if not (at_chance or stuck):
             return
         if at_chance:
