@@ -390,8 +390,8 @@ def test_health_warns_once_when_the_contrastive_loss_sits_at_chance():
         "has not fallen from its first value 7.000"
         in _feed(HealthCallback(chance, check_at=0.3), flat)[0]
     )
-    # Fallen, but by less than the tolerance: the message says by how much, not "not below"
-    # (a MATH-7 run's log read "2.238, not below its first value 2.331").
+    # A centred run fallen by less than the tolerance: the message says by how much, not "not
+    # below" (it once read "2.238, not below its first value 2.331").
     slow = {1: {"contrastive": 7.0}, **{s: {"contrastive": 6.8} for s in range(2, 11)}}
     (message,) = _feed(HealthCallback(chance, check_at=0.3), slow)
     assert "fallen only 2.9% from its first value 7.000 (less than 5%)" in message
