@@ -266,7 +266,7 @@ def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
     """The steps whose loss parts' gradient shares the health check reads (issue 19)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = config.batch_size * world * (config.gradient_accumulation_steps or 1)
-    return probe_steps(n_pairs // per_step, config.health_check_at)
+    return probe_steps(n_pairs // per_step, config.health_check_at, config.warmup_steps)
 
 
 def add_lora(

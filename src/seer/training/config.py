@@ -123,8 +123,9 @@ class TrainConfig:
     retain_l2_weight: float = _f(0.6, "weight of the hidden-state l2 retain loss on general text")
     health_check_at: float = _f(
         0.3,
-        "share of the steps after which the training-health check warns if the contrastive loss "
-        "is still at chance or one loss part carries almost all of the gradient (0 = off)",
+        "share of the steps after the warm-up after which the training-health check warns if "
+        "the contrastive loss is still at chance or one loss part carries almost all of the "
+        "gradient (0 = off)",
     )
     kl_weight: float = _f(5.0, "weight of the next-token KL retain loss on concept texts (0 = off)")
     format_probs: tuple[float, float, float] = _f(
