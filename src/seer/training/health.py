@@ -72,7 +72,7 @@ class HealthCallback(TrainerCallback):
     value, or one loss part carries more than ``dominance`` of the gradient.
     Warnings are logged and kept in :attr:`warnings`.
 
-    (``tolerance``: on SmolLM2 the runs whose contrastive loss never left chance sat within
+    (``tolerance``: on SmolLM2 the runs whose contrastive loss had not left chance sat within
     2.1% of it at the check, runs that learned 4.8% or more below it; docs/results.md.)
 
     (A centred representation starts well above chance, since centred states of one batch
