@@ -72,6 +72,10 @@ class HealthCallback(TrainerCallback):
     value, or one loss part carries more than ``dominance`` of the gradient.
     Warnings are logged and kept in :attr:`warnings`.
 
+    (``dominance``: on SmolLM2 the retain l2 carried up to 95.7% of the gradient at the check
+    on runs that learned, and 99.3% on one whose contrastive loss stayed at chance;
+    docs/results.md.)
+
     (``tolerance``: on SmolLM2 the runs whose contrastive loss had not left chance sat within
     2.1% of it at the check, runs that learned 4.8% or more below it; docs/results.md.)
 
@@ -87,7 +91,7 @@ class HealthCallback(TrainerCallback):
         check_at: float = 0.3,
         tolerance: float = 0.03,
         min_fall: float = 0.05,
-        dominance: float = 0.95,
+        dominance: float = 0.98,
     ) -> None:
         self.chance, self.check_at = chance, check_at
         self.tolerance, self.min_fall, self.dominance = tolerance, min_fall, dominance
