@@ -487,10 +487,11 @@ def test_health_warns_when_one_part_carries_the_gradient():
 
 # Gradient shares at the check of real SmolLM2 runs (the logs' `grad_share_` fields): the
 # largest retain l2 share among the study's runs that learned, BeaverTails-6 at block 27,
-# seed 2 (contrastive loss 2.356 at step 20 of 56, 13% under chance; at most 0.947 in the
-# study's other runs), and the paper objective's detoxification run, whose contrastive
-# loss stayed at chance (retain l2 99.3%; docs/results.md, "Detoxification under both
-# counting rules").
+# seed 2 (its logged contrastive losses at steps 5-20 of 56, 13% under chance at the check;
+# at most 0.947 in the study's other runs), and the paper objective's detoxification run,
+# whose contrastive loss stayed at chance (2.077 at step 15 of 37, retain l2 99.3%;
+# docs/results.md, "Detoxification under both counting rules"; only those two figures are on
+# record, its other shares are filled in to sum to 1).
 LEARNED_SHARES = {"contrastive": 0.0378, "retain_l2": 0.9567, "kl": 0.0055}
 STUCK_SHARES = {"contrastive": 0.005, "retain_l2": 0.993, "kl": 0.002}
 
@@ -498,13 +499,14 @@ STUCK_SHARES = {"contrastive": 0.005, "retain_l2": 0.993, "kl": 0.002}
 def test_health_stays_silent_on_the_gradient_shares_of_a_run_that_learned():
     from seer.training.health import HealthCallback
 
-    logs = {5: {"contrastive": 2.80}, 10: {"contrastive": 2.55}, 15: {"contrastive": 2.45}}
+    logs = {5: {"contrastive": 2.851}, 10: {"contrastive": 2.627}, 15: {"contrastive": 2.531}}
     logs[20] = {"contrastive": 2.356, **{f"grad_share_{k}": v for k, v in LEARNED_SHARES.items()}}
     assert _feed(HealthCallback(math.log(15)), logs, max_steps=56) == []
-    stuck = {s: {"contrastive": 2.07} for s in (5, 10, 15)}
-    stuck[20] = {"contrastive": 2.077, **{f"grad_share_{k}": v for k, v in STUCK_SHARES.items()}}
-    warnings = _feed(HealthCallback(math.log(8)), stuck, max_steps=56)
+    stuck = {5: {"contrastive": 2.077}, 10: {"contrastive": 2.077}}
+    stuck[15] = {"contrastive": 2.077, **{f"grad_share_{k}": v for k, v in STUCK_SHARES.items()}}
+    warnings = _feed(HealthCallback(math.log(8)), stuck, max_steps=37)
     assert len(warnings) == 2 and "retain_l2 carries 99.3% of the gradient" in warnings[1]
+    assert "after 15 of 37 steps" in warnings[1]
 
 
 # --- base models without a chat template -------------------------------------------------------
