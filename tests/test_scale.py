@@ -491,7 +491,8 @@ def test_health_warns_when_one_part_carries_the_gradient():
 # at most 0.947 in the study's other runs), and the paper objective's detoxification run,
 # whose contrastive loss stayed at chance (2.077 at step 15 of 37, retain l2 99.3%;
 # docs/results.md, "Detoxification under both counting rules"; only those two figures are on
-# record, its other shares are filled in to sum to 1).
+# record: its losses before the check are filled in at the same value, its other shares to
+# sum to 1).
 LEARNED_SHARES = {"contrastive": 0.0378, "retain_l2": 0.9567, "kl": 0.0055}
 STUCK_SHARES = {"contrastive": 0.005, "retain_l2": 0.993, "kl": 0.002}
 
