@@ -29,8 +29,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint:
-	ruff check src tests bench
-	ruff format --check src tests bench
+	ruff check src tests bench studies
+	ruff format --check src tests bench studies
 	$(PY) -m mypy
 
 # The first ten minutes (README, "Quick start"): train on the embedded Do-Not-Answer set

@@ -54,14 +54,15 @@ def test_explainer_on_export_matches_run(run_dir, exported, tokenizer):
             assert x["cosine"] == pytest.approx(y["cosine"], abs=1e-5)
 
 
-def readme_block(heading: str) -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split(heading, 1)[1]
+def docs_block(heading: str) -> str:
+    """The first Python block under ``heading`` in docs/serving.md."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+    section = page.read_text(encoding="utf-8").split(heading, 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_hook_reads_the_explanation_of_an_export(exported):
-    code = readme_block("### Serving an exported model")
+def test_documented_hook_reads_the_explanation_of_an_export(exported):
+    code = docs_block("## Serving an exported model")
     assert '"runs/bt-merged"' in code
     scope: dict = {}
     exec(code.replace('"runs/bt-merged"', repr(str(exported))), scope)  # noqa: S102

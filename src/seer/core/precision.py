@@ -62,7 +62,7 @@ def choose_bf16(asked: bool, fp16: bool, cuda: bool) -> bool:
     elif not fp16 and why is not None:
         logger.info(
             "precision: float32; %s, so --bf16 would run the step faster (its accuracy "
-            "against float32: docs/results.md)",
+            "against float32: docs/training.md)",
             why,
         )
     return asked

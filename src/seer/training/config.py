@@ -59,7 +59,7 @@ class TrainConfig:
         None,
         "0-based decoder block whose output is the representation; LoRA adapts blocks 0..layer. "
         "None: four fifths of the depth, floor(4 n_layers / 5) (block 24 of SmolLM2's 30; the "
-        "paper read 25 of 32): see the README's Layer bullet",
+        "paper read 25 of 32): why, in docs/training.md",
     )
     layers_path: str | None = _f(None, "dotted path to the decoder blocks if seer cannot find them")
     positions: tuple[Literal["last", "user_end", "mean"], ...] = _f(
@@ -84,7 +84,7 @@ class TrainConfig:
         "share of each concept (taken from training) that fits the probability temperature, the "
         "'none' threshold and monitor thresholds, never trained or reported on; at least 1 row "
         "per concept; the test rows are those of a two-way split with the same "
-        "--test-fraction (why this default: README, 'Three splits')",
+        "--test-fraction (why this default: docs/evaluation.md, 'Three splits')",
     )
     exclude_prompts_from: str | None = _f(
         None,
@@ -102,7 +102,7 @@ class TrainConfig:
         "supcon",
         "'paper': InfoNCE over pairs, other in-batch pairs are negatives; 'supcon': supervised "
         "contrastive, every same-concept item is a positive, concept-balanced batches (the "
-        "default: why, in docs/results.md)",
+        "default: why, in docs/training.md)",
     )
     temperature: float = _f(0.1, "contrastive temperature tau")
     # issue 19: both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
@@ -153,14 +153,14 @@ class TrainConfig:
         False,
         "put texts of similar length in the same batch (within runs of batches, each batch "
         "keeping its mix of concepts), so less of a step is padding; it cost held-out "
-        "accuracy where measured (docs/results.md)",
+        "accuracy where measured (docs/training.md)",
     )
     learning_rate: float | None = _f(
         None,
         "AdamW learning rate (the peak of --lr-scheduler-type; the default schedule decays it "
         "to 0 by a cosine). None: the paper's rate for models of a billion "
         "parameters or more, a larger one below (the values and their measurements: "
-        "docs/results.md)",
+        "docs/training.md)",
     )
     micro_batch_size: int | None = _f(
         None,

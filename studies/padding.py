@@ -8,7 +8,7 @@ longest text), for the schedule as `build_pairs` draws it and after `group_by_le
 (`seer train --group-by-length`, an option). Nothing is trained; no model is loaded, only
 its tokenizer.
 
-    python bench/padding.py runs/bt6 runs/math7
+    python studies/padding.py runs/bt6 runs/math7
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Training's retain terms see the run's ``retain.jsonl`` (by default the base model's answers
 to 48 shipped instructions, each seen several times an epoch); the KL that ``seer evaluate``
-and ``bench/study.py`` report is on the answers to 16 held-apart ``evaluation`` instructions.
+and ``studies/study.py`` report is on the answers to 16 held-apart ``evaluation`` instructions.
 This prints the trained model's ``KL(base || seer)`` (nats per real token, as
 :func:`seer.evaluation.retention.retention` measures it) on both sets, one line per run: a KL
 much lower on the training set than on the held-out one would say the retain loss fits its own
 texts rather than the model's general behaviour.
 
-    python bench/retain_gap.py runs/study/cosl6-bt6-s2
+    python studies/retain_gap.py runs/study/cosl6-bt6-s2
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 model's point and the target region taken from another run's `base.json` when this run was
 evaluated with `--skip-base` (the base model's replies do not depend on the run).
 
-    python bench/detox_figure.py runs/detox_reply --base runs/detox_paper/detox/base.json \\
+    python studies/detox_figure.py runs/detox_reply --base runs/detox_paper/detox/base.json \\
         --out docs/figures/detox_reply_stop_curve.png
 """
 

@@ -15,8 +15,8 @@ little about training with it (``--representation centered`` also centres the tr
 ``--states DIR`` keeps each run's states (``DIR/<run>[-base].npz``) so that a second call
 reads them instead of running the model again.
 
-    python bench/readout_variants.py runs/study/deep3-bt6-s0 runs/study/deep-math7-s0
-    python bench/readout_variants.py runs/study/defaults24-*-s? --models seer --states runs/states
+    python studies/readout_variants.py runs/study/deep3-bt6-s0 runs/study/deep-math7-s0
+    python studies/readout_variants.py runs/study/defaults24-*-s? --models seer --states runs/states
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ scored once by a threshold that never saw its prompt (`seer.safety.tradeoff.cros
 test set (optimistic: the threshold saw the prompts it is scored on) and the share of
 degenerate replies the monitor lets through there.
 
-    python bench/detox_threshold.py runs/detox_paper --calibration-limit 150 --seed 0
-    python bench/detox_threshold.py runs/detox_reply --seed 0 1 2 3 4 \
+    python studies/detox_threshold.py runs/detox_paper --calibration-limit 150 --seed 0
+    python studies/detox_threshold.py runs/detox_reply --seed 0 1 2 3 4 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
-    python bench/detox_threshold.py runs/detox_reply --folds 5 --seed 0 1 2 3 4 \
+    python studies/detox_threshold.py runs/detox_reply --folds 5 --seed 0 1 2 3 4 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
-    python bench/detox_threshold.py runs/detox_reply --read-off 0.08 0.10 \
+    python studies/detox_threshold.py runs/detox_reply --read-off 0.08 0.10 \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
-    python bench/detox_threshold.py runs/detox_reply --signal reply_end \
+    python studies/detox_threshold.py runs/detox_reply --signal reply_end \
         --base-replies runs/detox_paper/detox/base_replies.jsonl
 """
 

@@ -7,7 +7,7 @@ states (fit on a seeded stratified split of the concept data, scored on its held
 the same split `seer train` makes with the same options) says how much there is to sharpen,
 at every layer and at each read position separately.
 
-    python bench/concept_probe.py --data ../shared/data/beavertails_binary.csv \\
+    python studies/concept_probe.py --data ../shared/data/beavertails_binary.csv \\
         --exclude-prompts-from ../shared/data/beavertails_harmful.csv --max-per-concept 405
 
 Prints, per position and layer, the probe's held-out accuracy and ROC AUC (two concepts) or

@@ -4,7 +4,7 @@ Serves RUN (a run or export folder) in this process, submits PROMPT through the 
 watch monitor on CONCEPT, waits for the stream to end, prints each streamed token's top
 concept, and writes the screenshot. Needs the serve extra and Chromium (`make browser`).
 
-    python bench/serve_screenshot.py --run runs/bt6 \
+    python studies/serve_screenshot.py --run runs/bt6 \
         --concept "violence,aiding_and_abetting,incitement" \
         --prompt "How can I get back at my neighbour for poisoning my dog?" \
         --out docs/figures/serve_page.png

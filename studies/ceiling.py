@@ -11,7 +11,7 @@ it prints the accuracy on the calibration and the held-out split (the split ``se
 makes with the same seed and fractions); the held-out figure at the epoch with the best
 calibration accuracy is the one to quote.
 
-    python bench/ceiling.py --data ../shared/data/beavertails_multiclass.csv \
+    python studies/ceiling.py --data ../shared/data/beavertails_multiclass.csv \
         --concept-column value --max-per-concept 125 --positions mean --epochs 3
 """
 
@@ -23,7 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from read_spans import data_arguments, load_split  # bench/, beside this script
+from read_spans import data_arguments, load_split  # studies/, beside this script
 
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import capture_layers, get_layers, run_until

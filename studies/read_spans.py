@@ -8,7 +8,7 @@ logistic-regression probe on the same states. The split is the one ``seer train`
 the same ``--max-per-concept``, fractions and seed (prototypes and probe from the training
 part only). One forward pass per batch serves every block and span.
 
-    python bench/read_spans.py --data ../shared/data/beavertails_multiclass.csv \
+    python studies/read_spans.py --data ../shared/data/beavertails_multiclass.csv \
         --concept-column value --max-per-concept 125
 """
 
@@ -35,7 +35,7 @@ def prototype_accuracy(train: np.ndarray, y_train: list, test: np.ndarray, y_tes
 
 
 def data_arguments(p: argparse.ArgumentParser) -> None:
-    """The concept data and its split, as ``seer train`` takes them (also bench/ceiling.py)."""
+    """The concept data and its split, as ``seer train`` takes them (also studies/ceiling.py)."""
     p.add_argument("--data", required=True)
     p.add_argument("--concept-column", default="concept")
     p.add_argument("--response-column", default="response", help="'' for prompts only")

@@ -1,6 +1,6 @@
 """Compare two `metrics.json` files value by value (e.g. one run evaluated by two versions).
 
-    python bench/compare_metrics.py runs/old16/eval_old/metrics.json runs/old16/eval/metrics.json
+    python studies/compare_metrics.py runs/old16/eval_old/metrics.json runs/old16/eval/metrics.json
 
 Flattens both (every number, string and list item by its path), then prints how many of the
 first file's values the second holds, how many are equal to the last digit, the largest

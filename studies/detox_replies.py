@@ -2,7 +2,7 @@
 share of degenerate replies (word salad or loops, `seer.safety.scoring.is_degenerate`) in each set,
 with BT counting only safe replies that are not degenerate.
 
-    python bench/detox_replies.py runs/detox_paper
+    python studies/detox_replies.py runs/detox_paper
 """
 
 from __future__ import annotations

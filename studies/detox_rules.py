@@ -7,7 +7,7 @@ can be read off one generation: this script rescores every variant with the harm
 reply is a refusal under the rule or judged safe; XST = share of XSTest prompts refused under
 the rule; "BT refused" = share of BT replies that are refusals under the rule.
 
-    python bench/detox_rules.py runs/detox_paper
+    python studies/detox_rules.py runs/detox_paper
 
 Its strict columns equal `detox-eval`'s own figures (the script checks it against each
 variant's JSON, which was counted with the strict rule by default).

@@ -1,6 +1,6 @@
 """Print a markdown table of base vs SEER from `seer evaluate` outputs.
 
-python bench/results_table.py runs/bt_supcon runs/bt_paper
+python studies/runs_table.py runs/bt_supcon runs/bt_paper
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Print the monitoring tables of docs/results.md from runs evaluated by ``seer evaluate``.
 
-    python bench/monitor_table.py runs/bt3 [runs/math3 ...]
+    python studies/monitor_table.py runs/bt3 [runs/math3 ...]
 
 For each run: SEER's readout, the base readout and the external probes (accuracy, macro-F1,
 ECE, NLL, mean AUROC, mean recall and realised FPR at 1% FPR), the per-concept verdicts, the

@@ -10,7 +10,7 @@ interrupted study resumes where it stopped. The table gives, per cell and datase
 and the spread (min-max) over the seeds that have finished, the training seconds and the
 peak RSS of the training child.
 
-    python bench/study.py --out runs/study --seeds 0 \
+    python studies/study.py --out runs/study --seeds 0 \
         --cell base= --cell deep="--layer 24 --retain-l2-weight 0.1" \
         --datasets bt6 math7 --train-flags "--epochs 1 --bf16"
 

@@ -6,7 +6,7 @@ block, the mean and median hidden-state norm over real tokens and the first toke
 representations of different texts, raw and centred (minus their mean), which is what a
 cosine-based contrastive loss and cosine prototypes see.
 
-    python bench/hidden_scale.py --model embedded \\
+    python studies/hidden_scale.py --model embedded \\
         --data ../shared/data/beavertails_multiclass.csv --concept-column value --texts 16
 """
 
