@@ -65,11 +65,30 @@ class ExplainConfig:
             raise SeerError("--html writes the page of one explanation: use it with --prompt")
         if self.html is not None and not Path(self.html).parent.is_dir():
             raise SeerError(f"--html {self.html}: its folder does not exist; create it first")
+        if self.html is not None and not _replaceable_page(Path(self.html)):
+            raise SeerError(
+                f"--html {self.html} exists and is not a page seer wrote; seer replaces only "
+                "its own pages: choose another file name (or move that file away)"
+            )
         if self.prompt is not None and not self.prompt.strip():
             raise SeerError("the prompt is empty; pass some text with --prompt")
 
 
 Config = ExplainConfig
+
+#: How every page ``seer explain --html`` writes begins (``seer.inference.serve.page``).
+_PAGE_START, _PAGE_TITLE = b"<!doctype html>", b"<title>seer: "
+
+
+def _replaceable_page(path: Path) -> bool:
+    """Whether ``--html`` may write ``path``: nothing is there, or a page seer wrote."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_file():
+        return False
+    with path.open("rb") as page:
+        head = page.read(1024)
+    return head.lower().startswith(_PAGE_START) and _PAGE_TITLE in head
 
 
 def requests(config: ExplainConfig) -> list[dict]:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from seer.core.files import input_file
 from seer.core.splits import cap_per_concept
 from seer.core.tables import read_csv, read_json, read_jsonl
 from seer.errors import MissingPackageError, SeerError
@@ -50,18 +51,15 @@ def _demo_rows() -> list[dict]:
     return rows
 
 
-def load_table(source: str) -> list[dict]:
+def load_table(source: str, flag: str = "--data") -> list[dict]:
     """Rows of a CSV/TSV/JSON/JSONL file, of the demo set (``"donotanswer"``), or of a
-    Hugging Face dataset already in the local cache."""
+    Hugging Face dataset already in the local cache; ``flag`` names the option in errors."""
     if source == DEMO_DATA:
         return _demo_rows()
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix in {".csv", ".tsv", ".jsonl", ".json"} or path.exists():
-        if path.is_dir():
-            raise SeerError(f"{source} is a folder; --data needs a CSV or JSONL file")
-        if not path.is_file():
-            raise SeerError(f"data file {source} does not exist; check the path given to --data")
+    if suffix in {".csv", ".tsv", ".jsonl", ".json"} or path.exists() or path.is_symlink():
+        input_file(path, flag)
         if suffix == ".jsonl":
             rows = read_jsonl(path)
         elif suffix == ".json":
@@ -75,7 +73,7 @@ def load_table(source: str) -> list[dict]:
                 "(CSV with a header line, or one JSON object per line)"
             )
         return rows
-    return _hf_rows(source)
+    return _hf_rows(source, flag)
 
 
 @contextlib.contextmanager
@@ -92,7 +90,7 @@ def _hub_offline() -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
-def _hf_rows(name: str) -> list[dict]:
+def _hf_rows(name: str, flag: str = "--data") -> list[dict]:
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
@@ -102,7 +100,7 @@ def _hf_rows(name: str) -> list[dict]:
             ds = datasets.load_dataset(name, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types here
         raise SeerError(
-            f"--data {name!r} is not a file, and no Hugging Face dataset of that name is in the "
+            f"{flag} {name!r} is not a file, and no Hugging Face dataset of that name is in the "
             f"local cache ({type(exc).__name__}; seer works offline); pass a CSV or JSONL path"
         ) from exc
     return [dict(row) for row in ds]
@@ -208,9 +206,9 @@ def load_concepts(
     return examples
 
 
-def load_prompts(source: str, column: str = "prompt") -> list[str]:
+def load_prompts(source: str, column: str = "prompt", flag: str = "--prompts") -> list[str]:
     """Return the non-empty, stripped ``column`` values of a table (e.g. evaluation prompts)."""
-    rows = load_table(source)
+    rows = load_table(source, flag)
     if column not in _columns(rows):
         raise SeerError(f"{source} has no {column!r} column; its columns are {_columns(rows)}")
     return [text for row in rows if (text := _text(row.get(column))) is not None]

@@ -12,11 +12,15 @@
 * **Atomic results.** The folder is built under ``DIR.partial`` and renamed at the end. A run
   that fails leaves nothing behind (its ``.partial`` is removed, unless it was already there
   or holds a checkpoint); an interrupted or killed run keeps its checkpoint.
+* **Only seer's own.** seer marks each ``DIR.partial`` it makes (:data:`PARTIAL_MARK` inside)
+  and removes or replaces a ``.partial`` only with that mark; nor does it replace a folder
+  that holds an input of the command (``inputs``: ``--data``, ``--model``, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -31,11 +35,13 @@ from pathlib import Path
 from seer.errors import SeerError
 
 __all__ = [
+    "PARTIAL_MARK",
     "Claim",
     "apply_umask",
     "check_target",
     "claim_output",
     "hold_lock",
+    "is_seer_partial",
     "lock_path",
     "partial_path",
     "replace_folder",
@@ -44,18 +50,69 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MARKER = "seer.json"
+#: The file inside each ``DIR.partial`` that seer made: it removes or replaces no other.
+PARTIAL_MARK = ".seer-partial"
 #: Folders that commands write inside a run in place, each under its own lock (:func:`hold_lock`).
 IN_PLACE = ("eval", "detox")
 
 
+def _named(output: str | Path) -> Path:
+    """``output`` with a last component to name its ``.partial`` and ``.lock`` after
+    (``.`` and ``..`` made absolute); the root has none."""
+    path = Path(output)
+    if path.name in ("", ".", ".."):
+        path = Path(os.path.abspath(path))
+    if not path.name:
+        raise SeerError(
+            f"the output {output} is the root of the file system; seer writes a new folder: "
+            "name one under it instead (e.g. runs/mine)"
+        )
+    return path
+
+
 def partial_path(output: str | Path) -> Path:
-    output = Path(output)
+    output = _named(output)
     return output.with_name(output.name + ".partial")
 
 
 def lock_path(output: str | Path) -> Path:
-    output = Path(output)
+    output = _named(output)
     return output.with_name(output.name + ".lock")
+
+
+def is_seer_partial(partial: Path) -> bool:
+    """Whether ``partial`` is a ``.partial`` folder that seer made (it holds the mark)."""
+    return not partial.is_symlink() and (partial / PARTIAL_MARK).is_file()
+
+
+def _check_partial(output: Path, flag: str) -> None:
+    partial = partial_path(output)
+    if (partial.exists() or partial.is_symlink()) and not is_seer_partial(partial):
+        raise SeerError(
+            f"{partial} exists and was not written by seer (no {PARTIAL_MARK} inside); seer "
+            f"builds {output} there, and replaces only what it wrote: move it away or choose "
+            f"another {flag}"
+        )
+
+
+def _check_inputs(output: Path, inputs: Sequence[tuple[str, str | Path]], flag: str) -> None:
+    """Refuse an ``output`` that is, or holds, an input of the command: replacing it would
+    destroy what the command reads."""
+    targets = _spellings(output)
+    for name, source in inputs:
+        if not (Path(source).exists() or Path(source).is_symlink()):
+            continue  # not a local path (a Hub name, the demo set)
+        sources = _spellings(source)
+        if any(_within(s, t) for s in sources for t in targets):
+            raise SeerError(
+                f"{output} holds {name} {source}, an input of this command; replacing it would "
+                f"destroy it: choose another {flag}"
+            )
+
+
+def _spellings(path: str | Path) -> set[Path]:
+    """``path`` through its links, and as written (absolute); a link loop is no error."""
+    return {Path(os.path.realpath(path)), Path(os.path.abspath(path))}
 
 
 def _within(inner: Path, outer: Path) -> bool:
@@ -63,13 +120,21 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def check_target(
-    output: str | Path, overwrite: bool, reading: Sequence[str | Path] = (), flag: str = "--output"
+    output: str | Path,
+    overwrite: bool,
+    reading: Sequence[str | Path] = (),
+    flag: str = "--output",
+    inputs: Sequence[tuple[str, str | Path]] = (),
 ) -> None:
-    """Refuse an ``output`` that must not be (re)written; writes nothing."""
-    output = Path(output)
-    targets = {output.resolve(), Path(os.path.abspath(output))}  # through links, and as written
+    """Refuse an ``output`` that must not be (re)written; writes nothing. ``reading``: runs
+    the command reads (neither inside ``output`` nor around it); ``inputs``: ``(flag, path)``
+    of the other files and folders it reads (not inside ``output``)."""
+    output = _named(output)
+    _check_inputs(output, inputs, flag)
+    _check_partial(output, flag)
+    targets = _spellings(output)
     for source in reading:
-        sources = {Path(source).resolve(), Path(os.path.abspath(source))}
+        sources = _spellings(source)
         if any(_within(s, t) for s in sources for t in targets):
             raise SeerError(
                 f"{output} contains the run {source}, which this command reads; replacing it "
@@ -135,8 +200,9 @@ def _take_stale(path: Path) -> bool:
         except BlockingIOError:
             return False
         holder = _read_lock(path)
-        same_host = holder.get("host") == socket.gethostname()
-        if same_host and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
+        if holder.get("host", socket.gethostname()) != socket.gethostname():
+            return False  # whether its process lives cannot be known from here
+        if holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
             return False
         if not holder and time.time() - os.fstat(fd).st_mtime < 10:
             return False  # being created this very moment
@@ -175,12 +241,26 @@ def _acquire(path: Path, output: Path, hint: str) -> int:
 
 @dataclass
 class Claim:
-    """The right to write ``output``: build it under ``partial``, then :func:`replace_folder`."""
+    """The right to write ``output``: build it under ``partial`` (made by :meth:`start`),
+    then :func:`replace_folder`."""
 
     output: Path
     partial: Path
-    partial_existed: bool
     created: list[Path] = field(default_factory=list)
+    started: bool = False  # this claim made ``partial`` (and so removes it if it fails)
+
+    def start(self) -> Path:
+        """Make ``partial`` afresh, marked as seer's, replacing an old one (seer's own: the
+        claim's checks refused any other)."""
+        if self.partial.exists() or self.partial.is_symlink():
+            if not is_seer_partial(self.partial):  # appeared since the check
+                raise SeerError(f"{self.partial} was not written by seer; move it away")
+            shutil.rmtree(self.partial)
+        self.partial.mkdir()
+        self.started = True
+        mark = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        (self.partial / PARTIAL_MARK).write_text(json.dumps(mark), encoding="utf-8")
+        return self.partial
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -207,28 +287,36 @@ def claim_output(
     overwrite: bool,
     *,
     reading: Sequence[str | Path] = (),
+    inputs: Sequence[tuple[str, str | Path]] = (),
     keep_partial: Callable[[Path], bool] | None = None,
     flag: str = "--output",
 ) -> Iterator[Claim]:
     """Hold the lock on ``output`` for the block. ``check_target`` runs under the lock.
 
-    On an error (not an interrupt) a ``.partial`` this claim created is removed, unless
-    ``keep_partial(partial)`` says to keep it (e.g. it holds a resumable checkpoint).
+    On an error (not an interrupt) the ``.partial`` this claim made (:meth:`Claim.start`) is
+    removed, unless ``keep_partial(partial)`` says to keep it (e.g. it holds a resumable
+    checkpoint); a full disk is said in one line.
     """
-    output = Path(output)
-    check_target(output, overwrite, reading, flag)  # before any write
+    output = _named(output)
+    check_target(output, overwrite, reading, flag, inputs)  # before any write
     created = _make_parents(output)
     partial = partial_path(output)
     try:
         with hold_lock(output, "wait for it to finish or choose another output folder"):
-            claim = Claim(output, partial, partial.exists(), created)
+            claim = Claim(output, partial, created)
             try:
-                check_target(output, overwrite, reading, flag)  # again: another may have finished
+                # again: another may have finished
+                check_target(output, overwrite, reading, flag, inputs)
                 yield claim
-            except Exception:
+            except Exception as exc:
                 keep = keep_partial is not None and keep_partial(partial)
-                if not claim.partial_existed and not keep and partial.exists():
+                if claim.started and not keep and partial.exists():
                     shutil.rmtree(partial, ignore_errors=True)
+                if _disk_full(exc):
+                    raise SeerError(
+                        f"no space left on the device writing {output}: free some space "
+                        f"(`df -h {output.parent}`) or choose another {flag}"
+                    ) from exc
                 raise
     finally:
         if not output.exists() and not partial.exists():
@@ -302,10 +390,24 @@ def _writers_inside_done(output: Path, poll: float = 0.5) -> Iterator[None]:
             os.close(fd)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota: writers in C and Rust
+    (safetensors, torch.save) raise their own errors, naming the OS error in the text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if any(sign in text for sign in ("No space left", "StorageFull", "os error 28")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def replace_folder(partial: Path, output: str | Path) -> Path:
     """Atomically move the finished ``partial`` to ``output``, replacing an old one once no
-    command writes inside it; its modes follow the user's umask."""
-    output = Path(output)
+    command writes inside it; its modes follow the user's umask. The ``.partial`` mark goes."""
+    output = _named(output)
     apply_umask(partial)
     if output.exists():
         old = output.with_name(f".{output.name}.old-{os.getpid()}")
@@ -316,4 +418,5 @@ def replace_folder(partial: Path, output: str | Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(partial, output)
+    (output / PARTIAL_MARK).unlink(missing_ok=True)  # after: a kill before keeps it seer's
     return output

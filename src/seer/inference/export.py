@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from seer.core.folders import check_target, claim_output, replace_folder
-from seer.core.run import load_trained
+from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
 
 __all__ = ["export"]
@@ -61,22 +61,22 @@ def export(
     the end, under the rule and lock of :mod:`seer.core.folders`. ``model``/``tokenizer``
     (the run's base model, already loaded) skip loading it; such a model is merged in place."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_target(out_dir, overwrite, reading=[run_dir], flag="output folder")
+    base = [("the base model", read_run(run_dir).meta["base_model"])]  # never replaced either
+    check_target(out_dir, overwrite, reading=[run_dir], flag="output folder", inputs=base)
     run, peft_model, tokenizer = load_trained(
         run_dir, model=model, tokenizer=tokenizer, device="cpu"
     )
     merged = peft_model.merge_and_unload()
     merged.config.use_cache = True  # seer loads models with it off; serving wants it on
-    with claim_output(out_dir, overwrite, reading=[run_dir], flag="output folder") as claim:
-        tmp, claim.partial_existed = claim.partial, False
-        if (tmp / "checkpoints").exists():
+    with claim_output(
+        out_dir, overwrite, reading=[run_dir], flag="output folder", inputs=base
+    ) as claim:
+        if any((claim.partial / name).exists() for name in ("checkpoints", "split")):
             raise SeerError(
-                f"{tmp} holds an interrupted training run; finish it with `seer train "
+                f"{claim.partial} holds an interrupted training run; finish it with `seer train "
                 "--resume` or choose another output folder"
             )
-        if tmp.exists():  # left by a killed export: nothing to resume
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = claim.start()  # replaces one left by a killed export: nothing to resume
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         for name in _COPIED:

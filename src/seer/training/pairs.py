@@ -18,17 +18,23 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from seer.core.formatting import Encoded, Mode, encode, pad_batch
+from seer.errors import SeerError
 
 __all__ = [
     "LENGTH_WINDOW",
     "MODES",
     "PairCollator",
     "PairDataset",
+    "MAX_PAIRS",
     "build_pairs",
     "group_by_length",
+    "schedule_length",
 ]
 
 MODES = ("full", "prompt", "response")
+#: The longest schedule drawn (pairs): the whole schedule is held in memory, about 0.5 KB a
+#: pair, and a million pairs is weeks of training on one GPU.
+MAX_PAIRS = 1_000_000
 #: Batches per run within which :func:`group_by_length` sorts (``seer train --group-by-length``,
 #: off by default: it cost held-out accuracy on BeaverTails-6, docs/results.md):
 #: long enough to gather similar lengths, short enough that the schedule's order of concepts
@@ -53,6 +59,7 @@ def build_pairs(
     ``balanced`` orders each epoch round-robin over concepts (in a random concept order each
     round), so that every batch holds as equal a mix of concepts as the data allows.
     """
+    total = schedule_length(epochs, len(concepts), batch_size)
     rng = random.Random(seed)
     by_concept: dict[str, list[int]] = defaultdict(list)
     for i, concept in enumerate(concepts):
@@ -69,7 +76,6 @@ def build_pairs(
                         order.append(queues[c].pop())
         else:
             order.extend(rng.sample(range(len(concepts)), len(concepts)))
-    total = max(batch_size, int(round(epochs * len(concepts))) // batch_size * batch_size)
     order = (order * (1 + total // max(1, len(order))))[:total]
 
     def mode(i: int) -> str:
@@ -90,6 +96,18 @@ def build_pairs(
         )
         pairs[-1]["mode2"] = mode(pairs[-1]["view2"])
     return pairs
+
+
+def schedule_length(epochs: float, n_examples: int, batch_size: int) -> int:
+    """The pairs of a schedule of ``epochs`` over ``n_examples`` (whole batches); a SeerError
+    above :data:`MAX_PAIRS`, before anything is drawn."""
+    total = max(batch_size, int(round(epochs * n_examples)) // batch_size * batch_size)
+    if total > MAX_PAIRS:
+        raise SeerError(
+            f"--epochs {epochs:g} over {n_examples} training examples makes {total:,} pairs, "
+            f"more than the {MAX_PAIRS:,} seer schedules; lower --epochs"
+        )
+    return total
 
 
 def group_by_length(

@@ -34,7 +34,7 @@ def instructions(split: str) -> list[str]:
 
 
 def load_retain(path: str) -> list[dict]:
-    rows = load_table(path)
+    rows = load_table(path, "--retain-data")
     out = []
     for row in rows:
         prompt = str(row.get("prompt") or row.get("text") or "").strip()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sized
 from pathlib import Path
@@ -18,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_utils import TrainOutput
 
 from seer.core.data import load_concepts, load_prompts
-from seer.core.folders import claim_output
+from seer.core.folders import Claim, claim_output
 from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
 from seer.core.normalise import state_mean
 from seer.core.represent import from_raw, representations
@@ -29,7 +28,9 @@ from seer.errors import SeerError
 from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
 from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
+from seer.training.checkpoints import resumable_checkpoint
 from seer.training.config import TrainConfig
+from seer.training.pairs import schedule_length
 from seer.training.retain import general_text, load_retain
 from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
@@ -63,7 +64,7 @@ def _prepare_data(config: TrainConfig, partial: Path) -> Rows:
         config.response_column,
         max_per_concept=config.max_per_concept,
         seed=config.seed,
-        exclude_prompts=load_prompts(config.exclude_prompts_from)
+        exclude_prompts=load_prompts(config.exclude_prompts_from, flag="--exclude-prompts-from")
         if config.exclude_prompts_from
         else (),
     )
@@ -89,11 +90,11 @@ def _check_same_config(config: TrainConfig, partial: Path, write: bool = True) -
         path.write_text(json.dumps(mine, indent=2), encoding="utf-8")
 
 
-def _start_folder(config: TrainConfig, partial: Path, rows: tuple[list, list, list]) -> None:
+def _start_folder(config: TrainConfig, claim: Claim, rows: tuple[list, list, list]) -> None:
     """Create (or, resuming, keep) the partial run folder with the config and the split."""
-    if config.overwrite and not config.resume and partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = claim.partial
+    if not (config.resume and partial.exists()):
+        claim.start()  # afresh: --overwrite discards an old one (seer's own: checked)
     _check_same_config(config, partial)
     (partial / "split").mkdir(exist_ok=True)
     for name, split in zip(SPLITS, rows, strict=True):
@@ -113,9 +114,8 @@ def _retain_text(
     return general_text(model, tokenizer, base_fingerprint)
 
 
-def _fit(trainer: SeerTrainer, config: TrainConfig, partial: Path) -> TrainOutput:
-    """``trainer.train()``, resumed from the last complete checkpoint with ``--resume``."""
-    checkpoint = last_checkpoint(config.output) if config.resume else None  # complete ones only
+def _fit(trainer: SeerTrainer, partial: Path, checkpoint: Path | None) -> TrainOutput:
+    """``trainer.train()``, resumed from ``checkpoint`` (with ``--resume``)."""
     resume_from = str(checkpoint) if checkpoint else None
     if resume_from:
         logger.info("resuming from %s", resume_from)
@@ -251,16 +251,22 @@ def train(
     clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
     if int(os.environ.get("RANK", "0")) != 0:
-        return _train(config, model, tokenizer, progress, clock, main=False)
+        return _train(config, model, tokenizer, progress, clock, None)
+    inputs = [
+        ("--data", config.data),
+        ("--retain-data", config.retain_data),
+        ("--exclude-prompts-from", config.exclude_prompts_from),
+        ("--model", config.model),
+    ]
     with claim_output(
         config.output,
         config.overwrite,
+        inputs=[(flag, path) for flag, path in inputs if path],
         keep_partial=lambda _: last_checkpoint(config.output) is not None,
     ) as claim:
-        claim.partial_existed &= config.resume  # --overwrite discards an old one anyway
         check_output(config.output, config.overwrite, config.resume)
         try:
-            return _train(config, model, tokenizer, progress, clock, main=True)
+            return _train(config, model, tokenizer, progress, clock, claim)
         finally:
             clock.save()  # into DIR.partial, if the run stopped before its end
 
@@ -271,20 +277,23 @@ def _train(
     tokenizer: PreTrainedTokenizerBase | None,
     progress: bool,
     clock: RunClock,
-    main: bool,
+    claim: Claim | None,
 ) -> Path:
     """The run itself, once the output folder is claimed (rank 0) or not (other ranks)."""
-    started, partial = time.time(), partial_dir(config.output)
+    started, partial, main = time.time(), partial_dir(config.output), claim is not None
     # Everything that can fail on bad input happens before anything is written.
     rows = _prepare_data(config, partial)
+    schedule_length(config.epochs, len(rows[0]), config.batch_size)  # refused before any load
     if main:
         _check_same_config(config, partial, write=False)
+    # the newest whole checkpoint (a damaged one is set aside, saying so, or refused)
+    checkpoint = resumable_checkpoint(config.output, set_aside=main) if config.resume else None
     if model is None or tokenizer is None:
         model, tokenizer = load_model(config.model)
     ensure_pad_token(tokenizer)
     _, n_layers = resolve_layer(config, model)
-    if main:
-        _start_folder(config, partial, rows)
+    if claim is not None:
+        _start_folder(config, claim, rows)
     config.max_length = clamp_max_length(model, config.max_length)  # config.json keeps the asked
     base_fingerprint = fingerprint(model)
     logger.info(
@@ -302,7 +311,7 @@ def _train(
         config, model, tokenizer, rows[0], retain, output_dir=output_dir, progress=progress
     )
     trainer.add_callback(clock)
-    result = _fit(trainer, config, partial)
+    result = _fit(trainer, partial, checkpoint)
     assert trainer.model is not None  # build_trainer's PEFT model
     trainer.model.eval()
     if not main:  # the main process writes the run folder
