@@ -324,3 +324,5 @@ def test_a_full_disk_is_one_line(tmp_path, model_dir, run_dir, capsys):
         argv = train_argv(model_dir, full / "X")
         line = refused(argv, capsys)
         assert "no space left" in line.lower(), line
+        assert not (full / "X").exists() and not partial_dir(full / "X").exists()
+        assert not lock_path(full / "X").exists()

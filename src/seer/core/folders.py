@@ -81,8 +81,12 @@ def lock_path(output: str | Path) -> Path:
 
 
 def is_seer_partial(partial: Path) -> bool:
-    """Whether ``partial`` is a ``.partial`` folder that seer made (it holds the mark)."""
-    return not partial.is_symlink() and (partial / PARTIAL_MARK).is_file()
+    """Whether ``partial`` is a ``.partial`` folder that seer made: it holds the mark, or
+    (a run interrupted before seer marked them) a training run's config and split."""
+    if partial.is_symlink():
+        return False
+    legacy = (partial / "config.json").is_file() and (partial / "split" / "train.jsonl").is_file()
+    return (partial / PARTIAL_MARK).is_file() or legacy
 
 
 def _check_partial(output: Path, flag: str) -> None:
