@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
 
 from seer import cli
 from seer.core.folders import lock_path
-from seer.core.run import last_checkpoint, partial_dir
+from seer.core.run import last_checkpoint, partial_dir, read_run
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
 
 @pytest.mark.parametrize("case", ["optimizer.pt", "trainer_state.json"])
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(
-    tmp_path, model_dir, capsys, monkeypatch, caplog, case
+    tmp_path, model_dir, run_dir, capsys, monkeypatch, caplog, case
 ):
     argv = _stopped_run(tmp_path, model_dir, monkeypatch, "--save-total-limit", "2")
     newest = last_checkpoint(tmp_path / "X")
@@ -225,7 +226,9 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     capsys.readouterr()
     assert cli.main([*argv, "--resume"]) == 0, capsys.readouterr().err
     assert f"{newest.name}" in caplog.text and name in caplog.text
-    assert (tmp_path / "X" / "seer.json").is_file()
+    # exact: the same run as one never interrupted
+    resumed, uninterrupted = read_run(tmp_path / "X"), read_run(run_dir)
+    torch.testing.assert_close(resumed.prototypes, uninterrupted.prototypes, rtol=0, atol=0)
 
 
 # --- item 13: a schedule too long to build is refused at once -----------------------------------
@@ -243,9 +246,7 @@ def test_a_huge_epoch_count_is_refused_at_once(tmp_path, model_dir, capsys):
 # --- the file system: one line that names the cause -------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "output, words", [("/", "root of the file system"), (".", "--output")]
-)
+@pytest.mark.parametrize("output, words", [("/", "root of the file system"), (".", "--output")])
 def test_an_output_without_a_folder_name_is_one_line(
     tmp_path, model_dir, capsys, monkeypatch, output, words
 ):

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from seer import cli
 from seer.core.data import load_concepts
+from seer.core.folders import PARTIAL_MARK
 from seer.core.formatting import encode, warn_truncated
 from seer.core.models import load_model
 from seer.core.run import FORMAT_VERSION
@@ -148,6 +149,7 @@ def test_existing_output_is_refused_and_kept(tmp_path, seer_train, capsys):
     (tmp_path / "run" / "mine.txt").unlink()
     (tmp_path / "run").rmdir()
     (tmp_path / "run.partial").mkdir()
+    (tmp_path / "run.partial" / PARTIAL_MARK).write_text("{}")  # seer's own
     status, err = seer_train(data, capsys=capsys)
     assert status == 2 and "interrupted run" in err and "--resume" in err
 
@@ -155,6 +157,7 @@ def test_existing_output_is_refused_and_kept(tmp_path, seer_train, capsys):
 def test_resume_with_other_options_is_refused(tmp_path, seer_train, capsys):
     data = write_concepts(tmp_path / "d.jsonl")
     (tmp_path / "run.partial").mkdir()
+    (tmp_path / "run.partial" / PARTIAL_MARK).write_text("{}")  # seer's own
     config = TrainConfig(data=str(data), output=str(tmp_path / "run"), batch_size=8).to_dict()
     (tmp_path / "run.partial" / "config.json").write_text(json.dumps(config))
     status, err = seer_train(data, "--resume", "--batch-size", "4", capsys=capsys)
