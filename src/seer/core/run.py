@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seer.core import strict_json
+from seer.core.formatting import POSITIONS
 from seer.core.folders import check_target, partial_path, replace_folder
 from seer.core.tables import read_jsonl
 from seer.errors import SeerError
@@ -34,8 +36,9 @@ from seer.errors import SeerError
 __all__ = [
     "FORMAT_VERSION",
     "Run",
-    "check_layer",
+    "check_model_fit",
     "check_output",
+    "check_run_files",
     "finalize",
     "last_checkpoint",
     "load_run_model",
@@ -74,10 +77,23 @@ class Run:
 
     @property
     def calibration(self) -> dict[str, float]:
-        return self.meta.get("calibration", {"temperature": 0.05, "threshold": -1.0})
+        return self.meta["calibration"]  # checked by check_run_files
 
     def split(self, name: str) -> list[dict]:
-        return read_jsonl(self.path / "split" / f"{name}.jsonl")
+        """The rows of ``split/NAME.jsonl``, checked: some rows, each of a run concept."""
+        file = self.path / "split" / f"{name}.jsonl"
+        rows = read_jsonl(file)
+        fix = "the run folder is damaged: train the run again"
+        if not rows:
+            raise SeerError(f"{file} holds no rows; {fix}")
+        known = set(self.concepts)
+        for number, row in enumerate(rows, start=1):
+            if row.get("concept") not in known:
+                raise SeerError(
+                    f"{file}, row {number}: concept {row.get('concept')!r} is not one of the "
+                    f"run's {self.concepts}; {fix}"
+                )
+        return rows
 
 
 def partial_dir(output: str | Path) -> Path:
@@ -105,7 +121,7 @@ def read_run(path: str | Path) -> Run:
         raise SeerError(f"{path} is not a seer run folder: {meta_file} is missing{hint}")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SeerError(f"{meta_file} is corrupt ({exc}); train the run again") from exc
     if not isinstance(meta, dict):
         raise SeerError(
@@ -128,48 +144,91 @@ def read_run(path: str | Path) -> Run:
         raise SeerError(
             f"{path / 'prototypes.safetensors'} is missing or corrupt; train the run again"
         ) from exc
-    _check_meta(meta_file, meta, prototypes)
-    center = tensors.get("center")
-    if center is not None and (
-        center.ndim != 2
-        or center.shape[0] != len(meta["positions"])
-        or center.numel() != prototypes.shape[1]
-    ):
-        raise SeerError(
-            f"{path / 'prototypes.safetensors'} holds a center of shape {tuple(center.shape)}, "
-            f"not [{len(meta['positions'])} positions, hidden size]; the run folder is damaged: "
-            "train the run again"
-        )
+    check_run_files(path, meta, tensors)
     return Run(
         path=path,
         meta=meta,
         prototypes=prototypes,
         concepts=list(meta["concepts"]),
-        center=center,
+        center=tensors.get("center"),
     )
 
 
-def _check_meta(meta_file: Path, meta: dict[str, Any], prototypes: torch.Tensor) -> None:
-    """The fields every command relies on have the right types and agree with each other."""
+def check_run_files(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """What a run folder's ``seer.json`` and ``prototypes.safetensors`` hold is what training
+    writes: the fields every command relies on with their types, names and ranges, tensors
+    of agreeing shapes with finite values. Raises a :class:`SeerError` naming the damaged
+    file. (What needs the model, the layer and the width, is :func:`check_model_fit`.)"""
+    meta_file, proto_file = path / "seer.json", path / "prototypes.safetensors"
     fix = "the run folder is damaged: train the run again"
     layer, concepts, positions = meta["layer"], meta["concepts"], meta["positions"]
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
         raise SeerError(f"{meta_file}: 'layer' is {layer!r}, not a block number; {fix}")
-    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+    if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
         raise SeerError(f"{meta_file}: 'concepts' is not a list of names; {fix}")
+    twice = sorted({c for c in concepts if concepts.count(c) > 1})
+    if twice:
+        raise SeerError(f"{meta_file}: 'concepts' names {twice} more than once; {fix}")
+    if len(concepts) < 2:
+        raise SeerError(f"{meta_file}: 'concepts' lists {concepts}, not two or more; {fix}")
     if not isinstance(positions, list) or not positions:
         raise SeerError(f"{meta_file}: 'positions' is not a list of positions; {fix}")
+    unknown = [p for p in positions if p not in POSITIONS]
+    if unknown or len(set(positions)) != len(positions):
+        raise SeerError(
+            f"{meta_file}: 'positions' is {positions}, not distinct names from {POSITIONS}; {fix}"
+        )
     if not isinstance(meta["config"], dict):
         raise SeerError(f"{meta_file}: 'config' is not a JSON object; {fix}")
+    _check_calibration(meta_file, meta.get("calibration"), fix)
+    prototypes, center = tensors["prototypes"], tensors.get("center")
     if prototypes.ndim != 2 or prototypes.shape[0] != len(concepts):
         raise SeerError(
             f"{meta_file} lists {len(concepts)} concepts but prototypes.safetensors holds "
             f"{prototypes.shape[0] if prototypes.ndim else 0} prototypes; {fix}"
         )
+    if prototypes.shape[1] == 0 or prototypes.shape[1] % len(positions):
+        raise SeerError(
+            f"{proto_file} holds prototypes {prototypes.shape[1]} wide, not a multiple of the "
+            f"{len(positions)} position(s) of seer.json; {fix}"
+        )
+    if center is not None and (
+        center.ndim != 2
+        or center.shape[0] != len(positions)
+        or center.numel() != prototypes.shape[1]
+    ):
+        raise SeerError(
+            f"{proto_file} holds a center of shape {tuple(center.shape)}, not "
+            f"[{len(positions)} positions, hidden size]; {fix}"
+        )
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise SeerError(f"{proto_file}: '{name}' holds values that are not finite; {fix}")
 
 
-def check_layer(run: Run, model: torch.nn.Module) -> None:
-    """The run's layer exists in ``model`` (a damaged seer.json can name any block)."""
+def _check_calibration(meta_file: Path, calibration: Any, fix: str) -> None:
+    """The fitted ``softmax(cos / temperature)`` and ``none`` threshold: a temperature that
+    is a finite number > 0 (0 gives NaN probabilities, < 0 inverts them), a finite threshold."""
+    if not isinstance(calibration, dict):
+        raise SeerError(f"{meta_file} has no 'calibration' (temperature, threshold); {fix}")
+    temperature, threshold = calibration.get("temperature"), calibration.get("threshold")
+    if not _number(temperature) or not 0 < temperature < math.inf:
+        raise SeerError(
+            f"{meta_file}: the calibration temperature is {temperature!r}, not a number > 0; {fix}"
+        )
+    if not _number(threshold) or not math.isfinite(threshold):
+        raise SeerError(
+            f"{meta_file}: the calibration threshold is {threshold!r}, not a number; {fix}"
+        )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_model_fit(run: Run, model: torch.nn.Module) -> None:
+    """The run fits ``model``: its layer exists there (a damaged seer.json can name any
+    block) and its prototypes are as wide as that layer's states at the run's positions."""
     from seer.core.layers import get_layers
 
     n_layers = len(get_layers(model, run.config.get("layers_path")))
@@ -177,6 +236,16 @@ def check_layer(run: Run, model: torch.nn.Module) -> None:
         raise SeerError(
             f"{run.path / 'seer.json'} names layer {run.layer}, but its model has blocks "
             f"0..{n_layers - 1}; the run folder is damaged: train the run again"
+        )
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None)
+    width = run.prototypes.shape[1]
+    if isinstance(hidden, int) and width != hidden * len(run.positions):
+        raise SeerError(
+            f"{run.path / 'prototypes.safetensors'} holds prototypes {width} wide, but the "
+            f"model's states are {hidden} wide at each of the run's {len(run.positions)} "
+            "position(s); the run folder is damaged: train the run again"
         )
 
 
@@ -240,7 +309,7 @@ def load_trained(
             f"{run.meta['base_fingerprint']}), but the base model given has fingerprint {found}: "
             "its adapter fits only its own base model; load that one (same weights and revision)"
         )
-    check_layer(run, model)
+    check_model_fit(run, model)
     ensure_pad_token(tokenizer)
     try:
         peft_model = PeftModel.from_pretrained(model, str(run.path / "adapter"))
@@ -250,6 +319,7 @@ def load_trained(
             f"{run.path / 'adapter'} could not be loaded ({first}); its weights are truncated "
             "or corrupt: train the run again"
         ) from exc
+    _check_adapter_values(run.path / "adapter", peft_model)
     peft_model.eval()
     return run, peft_model, tokenizer
 
@@ -268,6 +338,17 @@ def _check_adapter(folder: Path) -> None:
         )
 
 
+def _check_adapter_values(folder: Path, peft_model: Any) -> None:
+    """Every LoRA weight is finite (random bytes in the weights file load as NaN or inf)."""
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name and not bool(torch.isfinite(param).all()):
+            raise SeerError(
+                f"{folder / 'adapter_model.safetensors'} holds values that are not finite "
+                f"({name.removeprefix('base_model.model.')}); the run folder is damaged: train "
+                "the run again"
+            )
+
+
 def load_run_model(
     path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
 ) -> tuple[Run, Any, Any]:
@@ -281,5 +362,5 @@ def load_run_model(
     run = read_run(path)
     if model is None or tokenizer is None:
         model, tokenizer = load_model(str(path), device=device)
-    check_layer(run, model)
+    check_model_fit(run, model)
     return run, model, tokenizer
