@@ -128,11 +128,38 @@ def _column(columns: list[str], name: str | None, what: str, required: bool) -> 
 _MISSING = {"nan", "none", "null"}
 
 
-def _text(value: object) -> str | None:
+def _text(value: object, where: str = "a cell") -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, (list, dict)):  # str() would train on its Python repr
+        kind = "list" if isinstance(value, list) else "object"
+        raise SeerError(
+            f"{where} holds a JSON {kind}, not text; write the text itself (a string) there"
+        )
     text = str(value).strip()
     return text if text and text.lower() not in _MISSING else None
+
+
+def _deduplicated(examples: list[Example]) -> list[Example]:
+    """``examples`` with each repeated (prompt, response, concept) kept once, the first time,
+    and the count dropped in a warning: a repeat could land in both the training and the test
+    split, and the held-out figures would then measure memory."""
+    seen: set[tuple[str | None, str | None, str]] = set()
+    kept = []
+    for ex in examples:
+        key = (ex["prompt"], ex["response"], ex["concept"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    if len(kept) < len(examples):
+        logger.warning(
+            "dropped %d of %d rows that repeat an earlier row (same prompt, response and "
+            "concept), so that no test row is also a training row; %d remain",
+            len(examples) - len(kept),
+            len(examples),
+            len(kept),
+        )
+    return kept
 
 
 def _excluding(examples: list[Example], exclude_prompts: list[str]) -> list[Example]:
@@ -173,10 +200,13 @@ def load_concepts(
     prompt_col = _column(columns, prompt_column, "prompt", True)
     response_col = _column(columns, response_column, "response", response_required)
     examples, skipped = [], 0
-    for row in rows:
-        concept = _text(row.get(concept_col))
-        prompt = _text(row.get(prompt_col))
-        response = _text(row.get(response_col)) if response_col else None
+    for number, row in enumerate(rows, start=1):
+        where = f"{source}, row {number}: the {{!r}} cell"
+        concept = _text(row.get(concept_col), where.format(concept_col))
+        prompt = _text(row.get(prompt_col), where.format(prompt_col))
+        response = (
+            _text(row.get(response_col), where.format(response_col)) if response_col else None
+        )
         if concept is None or (prompt is None and response is None):
             skipped += 1
             continue
@@ -192,7 +222,13 @@ def load_concepts(
             f"{source}: none of its {len(rows)} rows has both a {concept_column!r} and a non-empty "
             f"{' or '.join(repr(c) for c in (prompt_col, response_col) if c)}; fill those columns"
         )
+    examples = _deduplicated(examples)
     examples = _excluding(examples, list(exclude_prompts))
+    if not examples:
+        raise SeerError(
+            f"--exclude-prompts-from drops every row of {source}: each of its prompts is in "
+            "the excluded set; exclude another file, or leave the option out"
+        )
     _warn_similar_labels(str(ex["concept"]) for ex in examples)
     if max_per_concept is not None:
         examples = cap_per_concept(examples, max_per_concept, seed)

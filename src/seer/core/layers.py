@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from seer.errors import SeerError
+
 __all__ = [
     "LAYER_PATHS",
     "StopForward",
@@ -71,11 +73,11 @@ def get_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleLis
         if isinstance(found, nn.ModuleList) and len(found) > 0:
             return found
     if layers_path:
-        raise ValueError(
-            f"layers_path={layers_path!r} does not name a non-empty ModuleList on "
-            f"{type(base).__name__}; print(model) to see its structure."
+        raise SeerError(
+            f"--layers-path {layers_path!r} does not name a non-empty list of blocks on "
+            f"{type(base).__name__}; print(model) to see its structure (e.g. model.layers)"
         )
-    raise ValueError(
+    raise SeerError(
         f"could not find the decoder layers of {type(base).__name__} "
         f"(tried {', '.join(LAYER_PATHS)}). "
         "Pass layers_path='<dotted.path.to.ModuleList>' (--layers-path on the CLI)."

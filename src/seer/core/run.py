@@ -28,8 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seer.core import strict_json
-from seer.core.formatting import POSITIONS
 from seer.core.folders import check_target, partial_path, replace_folder
+from seer.core.formatting import POSITIONS
 from seer.core.tables import read_jsonl
 from seer.errors import SeerError
 
@@ -212,18 +212,14 @@ def _check_calibration(meta_file: Path, calibration: Any, fix: str) -> None:
     if not isinstance(calibration, dict):
         raise SeerError(f"{meta_file} has no 'calibration' (temperature, threshold); {fix}")
     temperature, threshold = calibration.get("temperature"), calibration.get("threshold")
-    if not _number(temperature) or not 0 < temperature < math.inf:
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise SeerError(
             f"{meta_file}: the calibration temperature is {temperature!r}, not a number > 0; {fix}"
         )
-    if not _number(threshold) or not math.isfinite(threshold):
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise SeerError(
             f"{meta_file}: the calibration threshold is {threshold!r}, not a number; {fix}"
         )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_model_fit(run: Run, model: torch.nn.Module) -> None:
@@ -237,7 +233,7 @@ def check_model_fit(run: Run, model: torch.nn.Module) -> None:
             f"{run.path / 'seer.json'} names layer {run.layer}, but its model has blocks "
             f"0..{n_layers - 1}; the run folder is damaged: train the run again"
         )
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(text, "hidden_size", None)
     width = run.prototypes.shape[1]

@@ -45,6 +45,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise SeerError(
                 f"{path}, line {number}: not valid JSON ({exc.msg}); fix or remove that line"
             ) from exc
+        except RecursionError:
+            raise SeerError(_too_deep(f"{path}, line {number}")) from None
         if not isinstance(row, dict):
             raise SeerError(
                 f'{path}, line {number}: expected a JSON object like {{"prompt": ..., '
@@ -78,6 +80,8 @@ def read_json(path: Path) -> list[dict]:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SeerError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise SeerError(_too_deep(str(path))) from None
     bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
     if bad is not None:
         raise SeerError(f"{path}: item {bad} of the array is not a JSON object")
@@ -86,12 +90,26 @@ def read_json(path: Path) -> list[dict]:
     return rows
 
 
+def _too_deep(where: str) -> str:
+    return (
+        f"{where}: JSON nested too deeply to read (arrays or objects inside each other "
+        "thousands of levels deep); a row holds texts: flatten or remove it"
+    )
+
+
 def read_csv(path: Path) -> list[dict]:
     text = read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     old_limit = csv.field_size_limit(2**31 - 1)  # long texts are truncated later, with a warning
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = reader.fieldnames or []
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:  # DictReader keeps the last column of a name: the others would be lost
+            raise SeerError(
+                f"{path}, line 1: the header names column(s) {twice} more than once; rename "
+                "them so that every column has its own name"
+            )
         # Cells beyond the header land under the key None; they belong to no column.
         return [{k: v for k, v in row.items() if k is not None} for row in reader]
     except csv.Error as exc:

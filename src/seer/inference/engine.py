@@ -50,6 +50,7 @@ class Batch:
         if monitor is not None:
             self.explainer.check_monitor(monitor)
         ids = prompt_ids(self.explainer.tokenizer, prompt)
+        self.explainer.check_context(len(ids), max_new_tokens)
         row = Row(self._ids, prompt, ids, max_new_tokens, monitor, self.explainer)
         self._ids += 1
         self._pending.append(row)

@@ -9,6 +9,7 @@ beyond a one-step continuation over the chat template's closing tokens.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from seer.core.formatting import encode
 from seer.core.layers import capture_layers, run_until
+from seer.core.models import context_length
 from seer.core.represent import representations, running_means
 from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
@@ -27,7 +29,17 @@ from seer.inference.engine import Engine, RowResult
 from seer.inference.monitor import Monitor
 from seer.inference.readout import Explanation, Readout
 
-__all__ = ["MAX_NEW_TOKENS", "Explainer", "Explanation", "Generation", "Monitor", "check_request"]
+__all__ = [
+    "MAX_NEW_TOKENS",
+    "Explainer",
+    "Explanation",
+    "Generation",
+    "Monitor",
+    "check_context",
+    "check_request",
+]
+
+logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 4096
 
@@ -59,6 +71,26 @@ def check_request(prompt: str, max_new_tokens: int = 1) -> None:
         )
 
 
+def check_context(prompt_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    """Raise :class:`SeerError` when a prompt of ``prompt_tokens`` tokens and a reply of up to
+    ``max_new_tokens`` do not fit the model's ``context`` (``None``: unknown, not checked):
+    positions beyond it were never trained. The one length check of every generation."""
+    if context is None:
+        return
+    room = context - prompt_tokens
+    if room < 1:
+        raise SeerError(
+            f"the prompt is {prompt_tokens} tokens and the model's context is {context}: "
+            "shorten the prompt"
+        )
+    if max_new_tokens > room:
+        raise SeerError(
+            f"the prompt is {prompt_tokens} tokens and --max-new-tokens is {max_new_tokens}, "
+            f"beyond the model's context of {context} tokens: ask for at most {room} tokens "
+            "or shorten the prompt"
+        )
+
+
 class Explainer:
     """A SEER model with its readout (prototypes and calibration)."""
 
@@ -71,6 +103,7 @@ class Explainer:
         self.center = self.readout.center  # [P, H] or None (issue 19)
         self.temperature, self.threshold = self.readout.temperature, self.readout.threshold
         self.max_length = int(run.config.get("max_length", 512))
+        self.context = context_length(model)  # the longest prompt + reply generated
         self.layers_path: str | None = run.config.get("layers_path")
         self.engine = Engine(self)
 
@@ -85,6 +118,10 @@ class Explainer:
         return next(self.model.parameters()).device
 
     check_request = staticmethod(check_request)
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """:func:`check_context` against this model's context."""
+        check_context(prompt_tokens, max_new_tokens, self.context)
 
     def direction(self, towards: str, away: str) -> torch.Tensor:
         """The unit direction ``prototype[towards] - prototype[away]`` in the target layer's
@@ -116,6 +153,13 @@ class Explainer:
         reads each token with the mean state from the user's message up to that token."""
         check_request(prompt)
         enc = encode(self.tokenizer, prompt, response, "full", self.max_length)
+        if enc.truncated:
+            logger.warning(
+                "the text is longer than the run's --max-length of %d tokens; its end is cut "
+                "and the explanation reads the first %d tokens",
+                self.max_length,
+                self.max_length,
+            )
         with capture_layers(
             self.model, [self.layer], stop_after=True, layers_path=self.layers_path
         ) as h:

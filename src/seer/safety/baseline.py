@@ -56,7 +56,13 @@ def reusable_base(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None
     if not path.is_file():
         logger.info("--skip-base: no %s to show; the base model is left out", path)
         return None
-    base = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        base = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SeerError(
+            f"{path} is corrupt ({type(exc).__name__}), so --skip-base cannot show it: run once "
+            "without --skip-base to remake it"
+        ) from exc
     made = base.get("settings") if isinstance(base, dict) else None
     if not isinstance(made, dict):
         raise SeerError(

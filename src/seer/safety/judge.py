@@ -206,7 +206,7 @@ def _parse_bool(value: str, where: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"{where}: is_safe must be True/False (or 1/0), got {value!r}.")
+    raise SeerError(f"{where}: is_safe must be True/False (or 1/0), got {value!r}; fix that cell")
 
 
 _JUDGE_COLUMNS = ("prompt", "response", "is_safe")
@@ -230,6 +230,9 @@ def check_judge_data(csv_path: str | Path, option: str = "the judge's training C
             f"{csv_path} lacks column(s) {missing}; it has {columns}. {option} needs prompt, "
             f"response and is_safe (True/False) columns"
         )
+    with csv_path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            _parse_bool(row["is_safe"], f"{csv_path} row {i + 2}")
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -258,9 +261,10 @@ def _labelled_rows(
         len(kept) - labels.sum(),
     )
     if len(kept) < 4 or len(np.unique(labels)) < 2:
-        raise ValueError(
-            f"Only {len(kept)} usable rows ({labels.sum()} unsafe) in {csv_path} after "
-            f"excluding prompts; the judge needs safe and unsafe examples."
+        raise SeerError(
+            f"only {len(kept)} usable rows ({labels.sum()} unsafe, {len(kept) - labels.sum()} "
+            f"safe) in {csv_path} after excluding the evaluation prompts; the judge needs at "
+            "least 4, both safe and unsafe: add rows of the missing kind"
         )
     return kept, labels
 

@@ -13,9 +13,15 @@ from typing import Any, Literal
 
 from seer.core.formatting import POSITIONS
 from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
-from seer.errors import SeerError
+from seer.errors import MissingPackageError, SeerError
 
-__all__ = ["DEFAULT_TARGET_MODULES", "TRAINER_FIELDS", "TrainConfig"]
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "TRAINER_FIELDS",
+    "TrainConfig",
+]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -47,6 +53,29 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=partial(type(default), default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
+
+
+# --temperature: the contrastive logits are cosines / tau; below 1e-3 they overflow the loss.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+
+
+def _check_trackers(names: tuple[str, ...]) -> None:
+    """Each ``--report-to`` tracker is one transformers knows and its package is installed
+    (a tracker's callback raises when it is not: made here, before anything is loaded)."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        callbacks = get_reporting_integration_callbacks(list(names))
+    except ValueError as exc:
+        raise SeerError(f"--report-to {' '.join(names)}: {exc}") from exc
+    for callback in callbacks:
+        try:
+            callback()
+        except (RuntimeError, ImportError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise MissingPackageError(
+                f"--report-to {' '.join(names)}: {first} (or leave --report-to at none)"
+            ) from exc
 
 
 @dataclass
@@ -230,9 +259,15 @@ class TrainConfig:
                 raise SeerError(
                     f"{_flag(name)} must be a positive integer, got {getattr(self, name)}"
                 )
-        for name in ("temperature", "epochs"):  # `not > 0` also catches NaN
-            if not getattr(self, name) > 0 or math.isinf(getattr(self, name)):
-                raise SeerError(f"{_flag(name)} must be a number > 0, got {getattr(self, name)}")
+        if not self.epochs > 0 or math.isinf(self.epochs):  # `not > 0` also catches NaN
+            raise SeerError(f"--epochs must be a number > 0, got {self.epochs}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise SeerError(
+                f"--temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g} "
+                f"(the paper's is 0.1; below, the loss overflows), got {self.temperature}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise SeerError(f"--seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         lr = self.learning_rate
         if lr is not None and not (0 < lr < math.inf):
             raise SeerError(f"--learning-rate must be > 0 (e.g. 1e-4), got {lr}")
@@ -244,8 +279,8 @@ class TrainConfig:
             )
             raise SeerError(f"--objective {self.objective} needs --batch-size >= 2: {why}")
         for name in ("contrastive_weight", "retain_l2_weight", "kl_weight"):
-            if not getattr(self, name) >= 0:
-                raise SeerError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise SeerError(f"{_flag(name)} must be a number >= 0, got {getattr(self, name)}")
         probs = self.format_probs
         if len(probs) != 3 or not all(p >= 0 for p in probs) or not abs(sum(probs) - 1) <= 1e-6:
             raise SeerError(
@@ -309,6 +344,8 @@ class TrainConfig:
             raise SeerError("--bf16 and --fp16 are both set; choose one mixed precision")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise SeerError(f"--report-to {list(self.report_to)} mixes 'none' with trackers")
+        if self.report_to != ("none",):
+            _check_trackers(self.report_to)
 
     def trainer_arguments(self) -> dict[str, Any]:
         """The fields passed through to ``transformers.TrainingArguments`` as they are."""

@@ -27,6 +27,7 @@ import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence, Sized
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -253,14 +254,23 @@ class SeerTrainer(Trainer):
             if not torch.isfinite(value):
                 raise SeerError(
                     f"the {name} loss is {value.item()} at step {self.state.global_step + 1}; "
-                    "training stopped. Lower --learning-rate or check the data; the last "
-                    "checkpoint is kept."
+                    "training stopped. Lower --learning-rate (or the loss weights), or check "
+                    f"the data; {self._checkpoint_note()}"
                 )
             self._metrics[name].append(value.item())
         both = torch.cat([concepts, concepts])
         same, diff = losses.concept_cosines(torch.cat([z1, z2]).detach(), both)
         self._metrics["same_concept_cos"].append(same)
         self._metrics["diff_concept_cos"].append(diff)
+
+    def _checkpoint_note(self) -> str:
+        """What a stopped run leaves to resume from: its last checkpoint, if it saved one."""
+        folder = Path(str(self.args.output_dir))
+        saved = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        if not saved:
+            return "no checkpoint was saved before it"
+        last = max(saved, key=lambda p: int(p.name.split("-")[-1]))
+        return f"its last checkpoint ({last.name}) is kept: continue from it with --resume"
 
     def training_step(
         self,
