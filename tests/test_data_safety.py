@@ -570,6 +570,7 @@ GOOD_META = {
     "concepts": ["a", "b"],
     "base_model": "tiny",
     "base_fingerprint": "0" * 16,
+    "calibration": {"temperature": 0.05, "threshold": 0.5},
 }
 
 

@@ -124,7 +124,7 @@ def test_bad_data_fails_before_the_model_loads(tmp_path, seer_train, capsys, cas
         (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
         (["--learning-rate=-1e-4"], "--learning-rate must be > 0"),
         (["--learning-rate", "nan"], "--learning-rate must be > 0"),
-        (["--temperature", "0"], "--temperature must be a number > 0"),
+        (["--temperature", "0"], "--temperature must be between 0.001 and 100"),
         (["--test-fraction", "1"], "--test-fraction must be between 0 and 1"),
         (["--max-per-concept", "1"], "--max-per-concept must be at least 2"),
         (["--layer", "-1"], "--layer must be >= 0"),
@@ -205,6 +205,7 @@ def _fake_run(path, **meta):
         "concepts": ["a", "b"],
         "base_model": "tiny",
         "base_fingerprint": "0" * 16,
+        "calibration": {"temperature": 0.05, "threshold": 0.5},
     }
     values.update(meta)
     (path / "seer.json").write_text(json.dumps(values))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BENIGN, HARMFUL, make_tokenizer, tiny_llama, write_concepts, write_retain
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from seer import cli
@@ -267,7 +267,13 @@ def option_values(draw) -> list[str]:
     deadline=timedelta(seconds=60),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(picks=st.lists(option_values(), min_size=1, max_size=3))
+@given(picks=st.lists(option_values(), min_size=1, max_size=4))
+@example(picks=[["--seed", "-1"]])  # the cases issue 40 found, always tried first
+@example(picks=[["--seed", str(2**70)]])
+@example(picks=[["--temperature", "1e-30"]])
+@example(picks=[["--contrastive-weight", "inf"]])
+@example(picks=[["--layers-path", "model.bogus"]])
+@example(picks=[["--report-to", "wandb"]])
 def test_generated_train_options_run_or_give_one_line(root, picks):
     """Whatever the values: exit 0 with a run folder, or exit 2 with one `seer: error:` line
     and no folder left; never a Python traceback."""

