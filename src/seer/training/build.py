@@ -42,6 +42,13 @@ from seer.training.pairs import (
     build_pairs,
     group_by_length,
 )
+from seer.training.sharding import (
+    check_engine,
+    fsdp_requested,
+    is_sharded,
+    shard,
+    without_accelerate_fsdp,
+)
 from seer.training.trainer import SeerTrainer
 
 __all__ = [
@@ -211,22 +218,6 @@ def _over_budget(
     )
 
 
-FSDP_REFUSAL = (
-    "seer train does not run under FSDP: its step makes partial passes (cut after the target "
-    "block, hooks on the blocks, the adapter switched off for the reference) on the unwrapped "
-    "model, whose parameters FSDP has sharded away; launch without FSDP (plain torchrun or "
-    "accelerate launch gives DDP) and bound memory with --micro-batch-size and "
-    "--gradient-checkpointing, or load the base model in bfloat16"
-)
-
-
-def refuse_fsdp(trainer: SeerTrainer | None = None) -> None:
-    """Stop at start-up under FSDP (set by ``accelerate launch --use_fsdp`` or the arguments)."""
-    by_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-    if by_env or (trainer is not None and getattr(trainer, "is_fsdp_enabled", False)):
-        raise SeerError(FSDP_REFUSAL)
-
-
 def _arguments(
     config: TrainConfig, output_dir: str, lr: float, progress: bool, gc: bool
 ) -> TrainingArguments:
@@ -293,6 +284,10 @@ def _health_check(config: TrainConfig) -> HealthCallback:
     return HealthCallback(chance_loss(config.objective, pairs_seen), config.health_check_at)
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def build_trainer(
     config: TrainConfig,
     model: PreTrainedModel,
@@ -305,8 +300,11 @@ def build_trainer(
 ) -> SeerTrainer:
     """LoRA on blocks 0..layer of ``model``, the pair schedule, the memory plan (gradient
     checkpointing when the step would not fit) and the Trainer, ready for ``.train()``, with
-    the training-health check as ``trainer.health`` (its warnings go into seer.json)."""
-    refuse_fsdp()
+    the training-health check as ``trainer.health`` (its warnings go into seer.json).
+
+    Launched with an FSDP config, the model is sharded per decoder block
+    (:mod:`seer.training.sharding`); an engine this machine cannot run is refused first."""
+    check_engine()
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
@@ -331,21 +329,26 @@ def build_trainer(
         peft_model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    trainer = SeerTrainer(
-        model=peft_model,
-        args=_arguments(config, output_dir, lr, progress, plan.checkpointing),
-        train_dataset=dataset,
-        data_collator=PairCollator(
-            tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
-        ),
-        processing_class=tokenizer,
-        seer_config=config,
-        layer=layer,
-        gradient_probe_steps=_probe_steps(config, len(dataset)),
-    )
+    if fsdp_requested() and _world() > 1:
+        shard(peft_model, config.layers_path)
+    with without_accelerate_fsdp():  # sharded by seer already, or one process
+        trainer = SeerTrainer(
+            model=peft_model,
+            args=_arguments(config, output_dir, lr, progress, plan.checkpointing),
+            train_dataset=dataset,
+            data_collator=PairCollator(
+                tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
+            ),
+            processing_class=tokenizer,
+            seer_config=config,
+            layer=layer,
+            gradient_probe_steps=_probe_steps(config, len(dataset)),
+        )
+    if is_sharded(peft_model):  # autograd.grad through FSDP2's backward hooks crashes (torch 2.13)
+        logger.info("FSDP: the health check's gradient shares are not measured")
+        trainer.gradient_probe_steps = frozenset()
     if plan.checkpointing and not plan.forced:  # on only for the steps that need it
         trainer.checkpoint_when = plan.needs_checkpointing
-    refuse_fsdp(trainer)
     trainer.health = _health_check(config)
     trainer.add_callback(trainer.health)
     trainer.memory_note = (
