@@ -81,7 +81,7 @@ def whole_run(folder: Path, name: str, resume: bool, slow: bool) -> dict:
 
         def slow_step(self, *args, **kwargs):
             out = step(self, *args, **kwargs)
-            time.sleep(1.0)
+            time.sleep(4.0)
             return out
 
         SeerTrainer.training_step = slow_step

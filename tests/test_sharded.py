@@ -183,7 +183,7 @@ def test_killed_fsdp_run_resumes_to_the_same_adapter(data, fsdp_run):
         start_new_session=True,  # the launcher and its processes: one group to kill
     )
     deadline = time.monotonic() + 600
-    while last_checkpoint(output) is None or int(last_checkpoint(output).name[11:]) < 2:
+    while last_checkpoint(output) is None:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
@@ -209,4 +209,35 @@ def test_fsdp1_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(SeerError, match="^seer shards with FSDP2: set fsdp_version: 2"):
+        check_engine()
+
+
+def test_processes_of_one_machine_share_its_memory_budget(monkeypatch):
+    from seer.training.build import _budget
+
+    cfg = TrainConfig(model="tiny", data="x.jsonl", output="out")
+    one, source_one = _budget(cfg, torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    two, source_two = _budget(cfg, torch.device("cpu"))
+    assert two == pytest.approx(one / 2, rel=0.05)
+    assert "shared by 2 processes" in source_two and "shared" not in source_one
+
+
+@pytest.mark.parametrize("how", ["option", "config file"])
+def test_zero3_is_refused_in_one_line(monkeypatch, tmp_path, how):
+    from seer.training import sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr(sharding.torch.cuda, "is_available", lambda: True)  # past the CPU check
+    if how == "option":
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    else:
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    with pytest.raises(SeerError) as err:
+        check_engine()
+    assert str(err.value) == sharding.ZERO3 and "\n" not in sharding.ZERO3
+    for stage in ("1", "2"):  # what the paper used, and ZeRO-2: not refused
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", stage)
         check_engine()

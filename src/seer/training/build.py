@@ -119,13 +119,25 @@ EAGER_ATTENTION = (
 )
 
 
+def train_device() -> torch.device:
+    """The device this process trains on: its own GPU (``LOCAL_RANK``) where there is one.
+    The model is still on the CPU when the plan is made; the Trainer moves it later."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _budget(config: TrainConfig, device: torch.device) -> tuple[int, str]:
-    """The memory budget of a step in bytes, and where it came from."""
+    """The memory budget of a step in bytes, and where it came from: on a GPU its own free
+    memory; on CPUs the host's, shared by the processes of this machine."""
     if config.memory_budget:
         return int(config.memory_budget * GIB), "--memory-budget"
-    return int(FREE_SHARE * free_memory(device)), (
-        f"{FREE_SHARE:.0%} of the memory free on {device.type}"
-    )
+    share = FREE_SHARE
+    where = f"the memory free on {device}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cpu" and local > 1:
+        share, where = FREE_SHARE / local, f"{where}, shared by {local} processes"
+    return int(share * free_memory(device)), f"{share:.0%} of {where}"
 
 
 def plan_memory(
@@ -166,7 +178,7 @@ def plan_memory(
     def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
         return max((step(b, checkpointing, rows, cap) for b in batches), default=0)
 
-    budget, source = _budget(config, next(model.parameters()).device)
+    budget, source = _budget(config, train_device())
     without = worst(False)
     checkpointing = config.gradient_checkpointing or without > budget
 
@@ -344,8 +356,10 @@ def build_trainer(
             layer=layer,
             gradient_probe_steps=_probe_steps(config, len(dataset)),
         )
-    if is_sharded(peft_model):  # autograd.grad through FSDP2's backward hooks crashes (torch 2.13)
-        logger.info("FSDP: the health check's gradient shares are not measured")
+    # autograd.grad through FSDP2's backward hooks crashes (torch 2.13); DeepSpeed's engine
+    # owns the backward
+    if is_sharded(peft_model) or trainer.is_deepspeed_enabled:
+        logger.info("FSDP/DeepSpeed: the health check's gradient shares are not measured")
         trainer.gradient_probe_steps = frozenset()
     if plan.checkpointing and not plan.forced:  # on only for the steps that need it
         trainer.checkpoint_when = plan.needs_checkpointing

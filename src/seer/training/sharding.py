@@ -10,13 +10,15 @@ here, once, and:
   each again after use (full shard). The LoRA weights (a few MB) stay whole on every process;
   their gradients are averaged as under DDP. accelerate's own FSDP wrapping is switched off,
   since it does not exist on CPUs (accelerate 1.16 turns an FSDP config into DDP there).
-- **DeepSpeed**: left to accelerate and the Trainer (ZeRO hooks every submodule, so partial
-  passes gather what they use); refused in one line where accelerate cannot run it (CPUs).
+- **DeepSpeed** ZeRO-1/2: left to accelerate and the Trainer (the weights stay whole; the
+  engine reduces the gradients). Refused in one line where accelerate cannot run it (CPUs) and
+  for ZeRO-3 (see :data:`ZERO3`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -30,12 +32,14 @@ from seer.errors import SeerError
 
 __all__ = [
     "DEEPSPEED_ON_CPU",
+    "ZERO3",
     "check_engine",
     "fsdp_requested",
     "gather_for_inference",
     "is_sharded",
     "shard",
     "without_accelerate_fsdp",
+    "zero_stage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,27 @@ DEEPSPEED_ON_CPU = (
     "would silently fall back to DDP); on CPUs use the FSDP config "
     "(examples/accelerate/fsdp_cpu.yaml) or plain DDP (torchrun)"
 )
+
+
+ZERO3 = (
+    "DeepSpeed ZeRO-3 is not supported yet: after training one process writes the run folder "
+    "alone, which needs the partitioned weights whole; use ZeRO-1/2 (the paper used ZeRO-1) or "
+    "FSDP, which shards the base weights the same way (examples/accelerate/fsdp.yaml)"
+)
+
+
+def zero_stage() -> int | None:
+    """The ZeRO stage a DeepSpeed launch asked for (the accelerate option, else the
+    ``zero_optimization.stage`` of its DeepSpeed config file); None without DeepSpeed."""
+    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+        return None
+    if stage := os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(stage)
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
+    return 0
 
 
 def _flag(name: str) -> bool:
@@ -63,8 +88,11 @@ def check_engine() -> None:
             "seer shards with FSDP2: set fsdp_version: 2 in the accelerate config file "
             "(examples/accelerate/fsdp.yaml)"
         )
-    if _flag("ACCELERATE_USE_DEEPSPEED") and not torch.cuda.is_available():
+    stage = zero_stage()
+    if stage is not None and not torch.cuda.is_available():
         raise SeerError(DEEPSPEED_ON_CPU)
+    if stage == 3:
+        raise SeerError(ZERO3)
 
 
 def shard(model: nn.Module, layers_path: str | None = None) -> nn.Module:

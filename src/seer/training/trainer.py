@@ -138,11 +138,15 @@ class SeerTrainer(Trainer):
         hooks gather its parameters (embeddings, final norm, head), and a cut pass gathers the
         blocks up to the target only."""
         cfg = self.seer_config
+        empty: dict[str, torch.Tensor] = {}
+        finals: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+            capture_final_states(model) if full else contextlib.nullcontext(empty)
+        )
         with (
             capture_layers(
                 model, layers, stop_after=not full, layers_path=cfg.layers_path
             ) as hidden,
-            capture_final_states(model) if full else contextlib.nullcontext({}) as final,
+            finals as final,
         ):
             run_until(
                 model,
