@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
@@ -180,14 +181,15 @@ def test_killed_fsdp_run_resumes_to_the_same_adapter(data, fsdp_run):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # the launcher and its processes: one group to kill
     )
     deadline = time.monotonic() + 600
     while last_checkpoint(output) is None:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # the launcher and its workers (which torchrun starts in sessions of their own)
+    for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        child.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert not Path(output).exists()
     run(accelerate("train", str(data), "killed", "--resume"))
