@@ -32,7 +32,7 @@ from seer.training.checkpoints import resumable_checkpoint
 from seer.training.config import TrainConfig
 from seer.training.pairs import schedule_length
 from seer.training.retain import general_text, load_retain
-from seer.training.sharding import gather_for_inference, is_sharded
+from seer.training.sharding import check_engine, gather_for_inference, is_sharded
 from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
@@ -248,6 +248,7 @@ def train(
     ``config.model``. The output folder is locked while it is written (one writer at a
     time); a run that fails leaves no ``.partial`` unless it holds a checkpoint.
     """
+    check_engine()  # before anything is written
     clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
     if int(os.environ.get("RANK", "0")) != 0:
