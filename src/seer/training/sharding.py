@@ -102,18 +102,17 @@ def shard(model: nn.Module, layers_path: str | None = None) -> nn.Module:
     optimizer, the checkpoints and ``--resume`` see plain tensors. The model is marked prepared,
     so that accelerate does not wrap it again (in DDP, or in its own FSDP)."""
     from accelerate import PartialState
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # the process group as accelerate makes it (each process on its own GPU: LOCAL_RANK)
-    state = PartialState()
-    mesh = init_device_mesh(state.device.type, (state.num_processes,))
+    # the process group as accelerate makes it, each process on its own GPU (LOCAL_RANK): the
+    # default mesh of fully_shard is then one dimension over all processes, on that device
+    PartialState()
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0")
     trainable = {p for p in model.parameters() if p.requires_grad}
     blocks = get_layers(model, layers_path)
     for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, ignored_params=trainable)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, ignored_params=trainable)
+        fully_shard(block, reshard_after_forward=reshard, ignored_params=trainable)
+    fully_shard(model, reshard_after_forward=reshard, ignored_params=trainable)
     model._is_accelerate_prepared = True  # type: ignore[assignment]  # accelerate's own flag
     logger.info(
         "FSDP2: %d decoder blocks and the rest sharded over %d processes; LoRA weights whole",
