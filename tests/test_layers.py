@@ -10,7 +10,14 @@ from transformers import (
     Qwen2Config,
 )
 
-from seer.core.layers import StopForward, add_to_layer, capture_layers, get_layers, run_until
+from seer.core.layers import (
+    StopForward,
+    add_to_layer,
+    capture_final_states,
+    capture_layers,
+    get_layers,
+    run_until,
+)
 
 SMALL = dict(
     vocab_size=64,
@@ -101,3 +108,26 @@ def test_add_to_layer_adds_exactly_the_vector():
         model(input_ids=ids)
     torch.testing.assert_close(after[1], clean + vector)
     assert hook_counts(model) == counts
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_capture_final_states_stops_before_the_head(name):
+    """The LM head's input is the final hidden state after the final norm; the head never
+    runs (no [tokens, vocab] logits), through a PEFT wrapper too."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        want = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=None, task_type="CAUSAL_LM"))
+    calls = []
+    handle = (
+        peft.get_base_model()
+        .get_output_embeddings()
+        .register_forward_hook(lambda *a: calls.append(1))
+    )
+    with torch.no_grad(), capture_final_states(peft) as final:
+        assert run_until(peft, input_ids=ids) is None
+    handle.remove()
+    assert calls == []
+    torch.testing.assert_close(final["final"], want)

@@ -331,9 +331,10 @@ def test_saved_config_reads_back_as_train_config(tmp_path, tokenizer, concept_fi
     assert TrainConfig.from_dict({"batch_size": 3, "removed_option": 1}).batch_size == 3
 
 
-def test_fsdp_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_file, monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
-    with pytest.raises(SeerError, match="does not run under FSDP.*DDP"):
+def test_fsdp1_is_refused_at_start_up(tmp_path, tokenizer, concept_file, retain_file, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what an accelerate FSDP config sets
+    monkeypatch.setenv("FSDP_VERSION", "1")  # seer shards with FSDP2 (tests/test_sharded.py)
+    with pytest.raises(SeerError, match="seer shards with FSDP2"):
         train(
             config(tmp_path, concept_file, retain_file),
             model=tiny_llama(len(tokenizer)),

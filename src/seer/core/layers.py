@@ -21,6 +21,7 @@ __all__ = [
     "LAYER_PATHS",
     "StopForward",
     "add_to_layer",
+    "capture_final_states",
     "capture_layers",
     "get_layers",
     "run_until",
@@ -148,6 +149,30 @@ def capture_layers(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def capture_final_states(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the input of the LM head (the final hidden states, after the final norm) as
+    ``store["final"]`` and cut the pass there (``StopForward``): no logits are computed.
+
+    The pass goes through the whole (possibly wrapped) model, so that a wrapper's hooks on the
+    root module run (FSDP gathers the root's parameters there); call it with :func:`run_until`.
+    """
+    head = _unwrap(model).get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Module):
+        raise ValueError(f"{type(_unwrap(model)).__name__} has no output embeddings (LM head)")
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        store["final"] = args[0]
+        raise StopForward
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
 
 
 def run_until(model: nn.Module, **inputs: Any) -> object | None:

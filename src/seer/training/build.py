@@ -42,6 +42,13 @@ from seer.training.pairs import (
     build_pairs,
     group_by_length,
 )
+from seer.training.sharding import (
+    check_engine,
+    fsdp_requested,
+    is_sharded,
+    shard,
+    without_accelerate_fsdp,
+)
 from seer.training.trainer import SeerTrainer
 
 __all__ = [
@@ -112,13 +119,25 @@ EAGER_ATTENTION = (
 )
 
 
+def train_device() -> torch.device:
+    """The device this process trains on: its own GPU (``LOCAL_RANK``) where there is one.
+    The model is still on the CPU when the plan is made; the Trainer moves it later."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _budget(config: TrainConfig, device: torch.device) -> tuple[int, str]:
-    """The memory budget of a step in bytes, and where it came from."""
+    """The memory budget of a step in bytes, and where it came from: on a GPU its own free
+    memory; on CPUs the host's, shared by the processes of this machine."""
     if config.memory_budget:
         return int(config.memory_budget * GIB), "--memory-budget"
-    return int(FREE_SHARE * free_memory(device)), (
-        f"{FREE_SHARE:.0%} of the memory free on {device.type}"
-    )
+    share = FREE_SHARE
+    where = f"the memory free on {device}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cpu" and local > 1:
+        share, where = FREE_SHARE / local, f"{where}, shared by {local} processes"
+    return int(share * free_memory(device)), f"{share:.0%} of {where}"
 
 
 def plan_memory(
@@ -159,7 +178,7 @@ def plan_memory(
     def worst(checkpointing: bool, rows: int = micro, cap: int = config.max_length) -> int:
         return max((step(b, checkpointing, rows, cap) for b in batches), default=0)
 
-    budget, source = _budget(config, next(model.parameters()).device)
+    budget, source = _budget(config, train_device())
     without = worst(False)
     checkpointing = config.gradient_checkpointing or without > budget
 
@@ -209,22 +228,6 @@ def _over_budget(
         f"more than the budget of {gib(plan.budget)} ({plan.budget_source}); options that "
         f"reduce it: {', '.join(options)}; or raise --memory-budget if more memory is free"
     )
-
-
-FSDP_REFUSAL = (
-    "seer train does not run under FSDP: its step makes partial passes (cut after the target "
-    "block, hooks on the blocks, the adapter switched off for the reference) on the unwrapped "
-    "model, whose parameters FSDP has sharded away; launch without FSDP (plain torchrun or "
-    "accelerate launch gives DDP) and bound memory with --micro-batch-size and "
-    "--gradient-checkpointing, or load the base model in bfloat16"
-)
-
-
-def refuse_fsdp(trainer: SeerTrainer | None = None) -> None:
-    """Stop at start-up under FSDP (set by ``accelerate launch --use_fsdp`` or the arguments)."""
-    by_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-    if by_env or (trainer is not None and getattr(trainer, "is_fsdp_enabled", False)):
-        raise SeerError(FSDP_REFUSAL)
 
 
 def _arguments(
@@ -293,6 +296,10 @@ def _health_check(config: TrainConfig) -> HealthCallback:
     return HealthCallback(chance_loss(config.objective, pairs_seen), config.health_check_at)
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def build_trainer(
     config: TrainConfig,
     model: PreTrainedModel,
@@ -305,8 +312,11 @@ def build_trainer(
 ) -> SeerTrainer:
     """LoRA on blocks 0..layer of ``model``, the pair schedule, the memory plan (gradient
     checkpointing when the step would not fit) and the Trainer, ready for ``.train()``, with
-    the training-health check as ``trainer.health`` (its warnings go into seer.json)."""
-    refuse_fsdp()
+    the training-health check as ``trainer.health`` (its warnings go into seer.json).
+
+    Launched with an FSDP config, the model is sharded per decoder block
+    (:mod:`seer.training.sharding`); an engine this machine cannot run is refused first."""
+    check_engine()
     layer, n_layers = resolve_layer(config, model)
     lr = learning_rate(config, model)
     targets = lora_targets(model, config.target_modules)
@@ -331,21 +341,28 @@ def build_trainer(
         peft_model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    trainer = SeerTrainer(
-        model=peft_model,
-        args=_arguments(config, output_dir, lr, progress, plan.checkpointing),
-        train_dataset=dataset,
-        data_collator=PairCollator(
-            tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
-        ),
-        processing_class=tokenizer,
-        seer_config=config,
-        layer=layer,
-        gradient_probe_steps=_probe_steps(config, len(dataset)),
-    )
+    if fsdp_requested() and _world() > 1:
+        shard(peft_model, config.layers_path)
+    with without_accelerate_fsdp():  # sharded by seer already, or one process
+        trainer = SeerTrainer(
+            model=peft_model,
+            args=_arguments(config, output_dir, lr, progress, plan.checkpointing),
+            train_dataset=dataset,
+            data_collator=PairCollator(
+                tokenizer.pad_token_id, config.positions, config.pad_to_multiple_of
+            ),
+            processing_class=tokenizer,
+            seer_config=config,
+            layer=layer,
+            gradient_probe_steps=_probe_steps(config, len(dataset)),
+        )
+    # autograd.grad through FSDP2's backward hooks crashes (torch 2.13); DeepSpeed's engine
+    # owns the backward
+    if is_sharded(peft_model) or trainer.is_deepspeed_enabled:
+        logger.info("FSDP/DeepSpeed: the health check's gradient shares are not measured")
+        trainer.gradient_probe_steps = frozenset()
     if plan.checkpointing and not plan.forced:  # on only for the steps that need it
         trainer.checkpoint_when = plan.needs_checkpointing
-    refuse_fsdp(trainer)
     trainer.health = _health_check(config)
     trainer.add_callback(trainer.health)
     trainer.memory_note = (

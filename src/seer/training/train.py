@@ -27,11 +27,12 @@ from seer.core.tables import read_jsonl, write_jsonl
 from seer.errors import SeerError
 from seer.evaluation.calibration import fit_calibration
 from seer.evaluation.metrics import compute_prototypes
-from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
+from seer.training.build import build_trainer, default_layer, resolve_layer
 from seer.training.checkpoints import resumable_checkpoint
 from seer.training.config import TrainConfig
 from seer.training.pairs import schedule_length
 from seer.training.retain import general_text, load_retain
+from seer.training.sharding import check_engine, gather_for_inference, is_sharded
 from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
@@ -247,7 +248,7 @@ def train(
     ``config.model``. The output folder is locked while it is written (one writer at a
     time); a run that fails leaves no ``.partial`` unless it holds a checkpoint.
     """
-    refuse_fsdp()
+    check_engine()  # before anything is written
     clock = RunClock(partial_dir(config.output), config.resume)  # seconds across resumes
     # Under torchrun / accelerate launch every process trains; only rank 0 writes the run folder.
     if int(os.environ.get("RANK", "0")) != 0:
@@ -314,6 +315,8 @@ def _train(
     result = _fit(trainer, partial, checkpoint)
     assert trainer.model is not None  # build_trainer's PEFT model
     trainer.model.eval()
+    if is_sharded(trainer.model):  # the readout below runs in the main process alone
+        gather_for_inference(trainer.model, keep=main)
     if not main:  # the main process writes the run folder
         _barrier()
         return Path(config.output)

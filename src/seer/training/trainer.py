@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, SequentialSampler
 from transformers import Trainer
 
 from seer.core import losses, normalise
-from seer.core.layers import capture_layers, run_until
+from seer.core.layers import capture_final_states, capture_layers, run_until
 from seer.core.memory import set_checkpointing
 from seer.core.represent import normalise_states, pick_positions
 from seer.errors import SeerError
@@ -133,23 +133,31 @@ class SeerTrainer(Trainer):
         self, model: Any, batch: dict[str, torch.Tensor], layers: list[int], full: bool
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Run ``model`` (a PeftModel) on a batch; record ``layers``. With ``full`` also return
-        the final hidden states (after the final norm) at the real tokens only ``[n_real, H]``,
-        for the chunked KL; otherwise stop after the deepest recorded layer."""
+        the final hidden states (the LM head's input; the head itself never runs) at the real
+        tokens only ``[n_real, H]``, for the chunked KL; otherwise stop after the deepest
+        recorded layer. The pass enters through ``model`` itself, so that under FSDP the root's
+        hooks gather its parameters (embeddings, final norm, head), and a cut pass gathers the
+        blocks up to the target only."""
         cfg = self.seer_config
-        hf = model.get_base_model()
-        decoder = hf.get_decoder() if full else hf
-        with capture_layers(
-            model, layers, stop_after=not full, layers_path=cfg.layers_path
-        ) as hidden:
-            out: Any = run_until(  # the decoder's output: no hook stops it when full
-                decoder,
+        empty: dict[str, torch.Tensor] = {}
+        finals: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+            capture_final_states(model) if full else contextlib.nullcontext(empty)
+        )
+        with (
+            capture_layers(
+                model, layers, stop_after=not full, layers_path=cfg.layers_path
+            ) as hidden,
+            finals as final,
+        ):
+            run_until(
+                model,
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 use_cache=False,
             )
         if not full:
             return dict(hidden), None
-        return dict(hidden), out.last_hidden_state[batch["attention_mask"].bool()]
+        return dict(hidden), final["final"][batch["attention_mask"].bool()]
 
     def _kl(self, model: Any, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         hf = model.get_base_model()
@@ -291,8 +299,11 @@ class SeerTrainer(Trainer):
                 f"the device ran out of memory in a training step; {self.memory_note}"
             ) from exc
         # compute_loss runs several partial passes on the unwrapped model, which DDP's reducer
-        # cannot follow, so gradients are averaged across processes here instead.
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # cannot follow, so gradients are averaged across processes here instead (also under
+        # seer's FSDP, whose LoRA weights are whole on every process); DeepSpeed's engine
+        # reduces them in its backward.
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and not self.is_deepspeed_enabled:
             world = dist.get_world_size()
             for param in model.parameters():
                 if param.requires_grad and param.grad is not None:
