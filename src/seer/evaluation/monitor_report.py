@@ -139,7 +139,8 @@ def _faithfulness(faith: Mapping) -> list[str]:
                         label,
                         variant,
                         str(v["dimension"]),
-                        _f(v["kl_prototypes"], 4),
+                        _f(v["kl_prototypes"], 4)
+                        + (f" ± {_f(v['kl_prototypes_se'], 4)}" if "kl_prototypes_se" in v else ""),
                         f"{_f(v['kl_random_mean'], 4)} ± {_f(v['kl_random_std'], 4)}",
                         _f(v["ratio"], 2),
                     ]
@@ -149,9 +150,15 @@ def _faithfulness(faith: Mapping) -> list[str]:
     some: Mapping = faith.get("seer") or faith.get("base") or {}
     intro = (
         f"Block {some['layer']} output projected off a subspace at every position, on "
-        f"{some['n_texts']} test texts; KL(clean || projected) in nats/token; random: "
-        f"{some['n_draws']} seeded draws of the same dimension (mean ± std). span: the "
-        "prototypes; centred: the prototypes minus their mean."
+        f"{some['n_texts']} test texts; KL(clean || projected) in nats/token"
+        + (
+            f" at {some['tokens_per_text']} seeded tokens of each text (± its standard error "
+            "over the texts)"
+            if some.get("tokens_per_text")
+            else ""
+        )
+        + f"; random: {some['n_draws']} seeded draws of the same dimension (mean ± std). "
+        "span: the prototypes; centred: the prototypes minus their mean."
     )
     header = ["model", "subspace", "dim", "KL prototypes", "KL random", "ratio"]
     return ["## Causal faithfulness", "", intro, ""] + _table(header, rows)
