@@ -281,12 +281,11 @@ def unfinished_request(port: int):
 
 
 def test_draining_stops_at_the_drain_timeout(exported):
-    with seer_serve(exported, "--drain-timeout", "2") as (proc, port):
-        with unfinished_request(port):
-            proc.send_signal(signal.SIGINT)
-            start = time.monotonic()
-            _, err = proc.communicate(timeout=60)
-            assert time.monotonic() - start < 10
+    with seer_serve(exported, "--drain-timeout", "2") as (proc, port), unfinished_request(port):
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - start < 10
     assert "Traceback" not in err and "terminate called" not in err, err
     assert proc.returncode in (0, 130), err
 

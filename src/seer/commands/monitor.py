@@ -3,7 +3,6 @@ serve``) take them as one argument group and turn them into :class:`Monitor` obj
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 

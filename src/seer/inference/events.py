@@ -31,9 +31,9 @@ class RowResult:
 @dataclass
 class RowEvent:
     """Generated token ``index`` of a row (``-1``: the prompt's end), once the model has read
-    it: its text, the readout there, the monitor's status; the last event of a row has a
-    ``finish_reason`` (stop, length, monitor, cancelled, or error: the row alone failed, its
-``result.error`` says why) and the ``result``."""
+        it: its text, the readout there, the monitor's status; the last event of a row has a
+        ``finish_reason`` (stop, length, monitor, cancelled, or error: the row alone failed, its
+    ``result.error`` says why) and the ``result``."""
 
     row: int
     index: int

@@ -13,10 +13,10 @@ import torch
 
 from seer.core.formatting import content_start, encode
 from seer.core.layers import add_to_layer, capture_layers, run_until
+from seer.errors import SeerError
 from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
 from seer.inference.events import RowEvent, RowResult
-from seer.errors import SeerError
 from seer.inference.monitor import MAX_STEER, Monitor, MonitorState
 from seer.inference.readout import NONE, Reading
 

@@ -254,8 +254,7 @@ def monitor_from_dict(spec: dict[str, Any], param: str = "seer.monitor") -> Moni
         if not (value is None and name in NULLABLE) and not _is(value, kind):
             shown = "left out" if name in NULLABLE else "given"
             raise _bad(
-                f"the monitor's {name} must be {kind} (or {shown}), got "
-                f"{json.dumps(value)[:80]}",
+                f"the monitor's {name} must be {kind} (or {shown}), got {json.dumps(value)[:80]}",
                 f"{param}.{name}",
             )
     for name in ("threshold", "scale"):

@@ -87,6 +87,10 @@ class BatchWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker thread at its next step (a no-op unless it runs); rows still
+        generating are dropped."""
+        if not self._thread.is_alive():
+            return
         with self._cond:
             self._stop = True
             self._cond.notify()
