@@ -119,11 +119,15 @@ def check_address(host: str, port: int) -> None:
 
 
 class _CutOff(logging.Filter):
-    """Drops uvicorn's traceback of a request cut off at the drain limit (a cancellation, no
-    fault: uvicorn's own line before it says how many were cut off)."""
+    """Drops uvicorn's tracebacks of what a stop cancels, no fault: a request cut off at the
+    drain limit (uvicorn's own line before it says how many) and, after a second Ctrl-C, the
+    app's shutdown (the worker is stopped by :func:`main` instead)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        text = record.msg if isinstance(record.msg, str) else ""
+        return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
 
 
 def main(config: ServeConfig, *, progress: bool = True) -> int:
@@ -156,6 +160,8 @@ def main(config: ServeConfig, *, progress: bool = True) -> int:
             log_level="warning",
             timeout_graceful_shutdown=config.drain_timeout,
         )
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down
+        raise KeyboardInterrupt("the server stopped; run the same command to serve again") from None
     finally:  # also after a second Ctrl-C, which skips the app's shutdown: no thread outlives
         app.state.service.worker.stop()  # the interpreter in the middle of a forward pass
     return 0
