@@ -261,3 +261,62 @@ def held_by_another_process(folder: Path):
     finally:
         writer.kill()
         writer.wait()
+
+
+# --- seer serve ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def serving(run_dir, tokenizer, *, gate=None, pace: float = 0.0, **kw):
+    """``seer serve`` of the tiny run (a real uvicorn server on 127.0.0.1); yields its URL.
+    With a ``gate`` (a ``threading.Event``) or a ``pace``, its model never emits EOS and a
+    request stays running for as long as the test needs, however fast the tiny model would
+    finish its reply (200 tokens in 0.12 s): a ``gate`` holds it after its first two forward
+    passes until the test sets it; a ``pace`` makes each forward pass last that long."""
+    import time
+
+    from seer.inference.decoding import eos_ids
+    from seer.inference.serve.app import create_app
+    from seer.inference.serve.server import running
+
+    explainer = make_explainer(run_dir, tokenizer)
+    if gate is not None or pace:
+        ends, calls = sorted(eos_ids(explainer.model)), [0]
+
+        def held(module, args, logits):
+            calls[0] += 1
+            if gate is not None and calls[0] > 2:
+                assert gate.wait(60), "the test never opened the gate"
+            time.sleep(pace)
+            logits[..., ends] = float("-inf")
+            return logits
+
+        explainer.model.get_output_embeddings().register_forward_hook(held)
+    app = create_app(explainer, model_id="tiny", **kw)
+    with running(app) as url:
+        try:
+            yield url
+        finally:  # before the server stops: its worker may be waiting at the gate
+            if gate is not None:
+                gate.set()
+
+
+def post(url: str, body, timeout: float = 60):
+    """POST ``body`` (a JSON-able object, or raw bytes) to the chat completions route."""
+    import httpx
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{url}/v1/chat/completions", content=raw, timeout=timeout)
+
+
+def health(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/health").json()
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -3,7 +3,6 @@ talked to with the official `openai` client and httpx; request validation unit-t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -13,11 +12,18 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="the serve extra: pip install -e '.[serve]'")
 import httpx  # noqa: E402
-from conftest import embedded_run, make_explainer, tiny_llama  # noqa: E402
+from conftest import (  # noqa: E402
+    embedded_run,
+    health,
+    make_explainer,
+    post,
+    serving,
+    tiny_llama,
+    wait_for,
+)
 
 from seer.cli import main as cli_main  # noqa: E402
 from seer.errors import SeerError  # noqa: E402
-from seer.inference.decoding import eos_ids  # noqa: E402
 from seer.inference.explainer import Explainer  # noqa: E402
 from seer.inference.monitor import Monitor  # noqa: E402
 from seer.inference.serve.app import create_app  # noqa: E402
@@ -42,34 +48,6 @@ def reference(run_dir, tokenizer):
     return make_explainer(run_dir, tokenizer)
 
 
-@contextlib.contextmanager
-def serving(run_dir, tokenizer, *, gate: threading.Event | None = None, pace: float = 0.0, **kw):
-    """``seer serve`` of the tiny run. With a ``gate`` or a ``pace``, its model never emits EOS
-    and a request stays running for as long as the test needs, however fast the tiny model
-    would finish its reply (200 tokens in 0.12 s): a ``gate`` holds it after its first two
-    forward passes until the test sets it; a ``pace`` makes each forward pass last that long."""
-    explainer = make_explainer(run_dir, tokenizer)
-    if gate is not None or pace:
-        ends, calls = sorted(eos_ids(explainer.model)), [0]
-
-        def held(module, args, logits):
-            calls[0] += 1
-            if gate is not None and calls[0] > 2:
-                assert gate.wait(60), "the test never opened the gate"
-            time.sleep(pace)
-            logits[..., ends] = float("-inf")
-            return logits
-
-        explainer.model.get_output_embeddings().register_forward_hook(held)
-    app = create_app(explainer, model_id="tiny", **kw)
-    with running(app) as url:
-        try:
-            yield url
-        finally:  # before the server stops: its worker may be waiting at the gate
-            if gate is not None:
-                gate.set()
-
-
 @pytest.fixture(scope="module")
 def url(run_dir, tokenizer):
     with serving(run_dir, tokenizer, max_batch_size=4, max_queue=8) as base:
@@ -85,22 +63,6 @@ def ask(client, prompt=PROMPT, model="tiny", **kw):
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], **kw
     )
-
-
-def post(url, body, timeout=60):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{url}/v1/chat/completions", content=raw, timeout=timeout)
-
-
-def health(url):
-    return httpx.get(f"{url}/health").json()
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # --- the API with the official client --------------------------------------------------------

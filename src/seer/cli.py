@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 def _started() -> None:
     """Hand Ctrl-C back to Python once the command line is parsed: ``seer.__main__`` exits
     at once on Ctrl-C while the parser's modules are imported."""
-    if getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "seer.__main__":
+    handler = signal.getsignal(signal.SIGINT)
+    # its module is __main__ under `python -m seer`, seer.__main__ under the `seer` script
+    if getattr(handler, "__module__", None) in ("seer.__main__", "__main__") and (
+        getattr(handler, "__name__", None) == "_interrupted"
+    ):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

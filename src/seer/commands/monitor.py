@@ -3,7 +3,6 @@ serve``) take them as one argument group and turn them into :class:`Monitor` obj
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,8 +64,12 @@ class MonitorOptions:
     def __post_init__(self) -> None:
         self.monitor = list(self.monitor)
         self.threshold = list(self.threshold)
-        if not 0 < self.steer_scale < math.inf:
-            raise SeerError(f"--steer-scale must be a number > 0, got {self.steer_scale}")
+        from seer.inference.monitor import MAX_STEER  # deferred: torch
+
+        if not 0 < self.steer_scale <= MAX_STEER:
+            raise SeerError(
+                f"--steer-scale must be a number in (0, {MAX_STEER:g}], got {self.steer_scale}"
+            )
         if self.modes:
             if not self.threshold:
                 raise SeerError("pass at least one --threshold for the monitor")

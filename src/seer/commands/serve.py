@@ -4,7 +4,11 @@ OpenAI-compatible HTTP API with a live page at ``/``. Needs the ``serve`` extra
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import math
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,11 @@ class ServeConfig:
         "prefill pass (0: at the next step; a full batch does not wait)",
     )
     max_tokens: int = option(128, "reply length when a request gives no max_tokens")
+    drain_timeout: float = option(
+        30.0,
+        "on Ctrl-C or SIGTERM, seconds the running requests get to finish before they are "
+        "cut off (a second Ctrl-C stops at once)",
+    )
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------
     monitor: MonitorOptions = option(
         MonitorOptions,
@@ -54,6 +63,16 @@ class ServeConfig:
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise SeerError(
                 f"--batch-wait-ms must be between 0 and 10000, got {self.batch_wait_ms}"
+            )
+        from seer.inference.explainer import MAX_NEW_TOKENS  # deferred: torch
+
+        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
+            raise SeerError(
+                f"--max-tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_tokens}"
+            )
+        if not (self.drain_timeout >= 0 and math.isfinite(self.drain_timeout)):
+            raise SeerError(
+                f"--drain-timeout must be a number of seconds, 0 or more, got {self.drain_timeout}"
             )
         self.monitor.check_single("seer serve")
 
@@ -77,13 +96,49 @@ def _import_serving() -> tuple[Any, Any]:
     return uvicorn, create_app
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise :class:`SeerError` unless this process may listen on ``host:port`` (checked
+    before the model loads, so that a port in use fails at once and in one line)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fix = "stop the program using it (another seer serve?) or pass another --port"
+            raise SeerError(f"port {port} on {host} is in use: {fix}") from None
+        if exc.errno == errno.EACCES:
+            fix = "ports below 1024 need root: pass --port 1024 or above"
+            raise SeerError(f"not allowed to listen on port {port}: {fix}") from None
+        reason = exc.strerror or str(exc)
+        raise SeerError(
+            f"cannot listen on {host}:{port} ({reason}): pass --host with an address of this "
+            "machine (127.0.0.1: this machine only; 0.0.0.0: every interface)"
+        ) from None
+
+
+class _CutOff(logging.Filter):
+    """Drops uvicorn's tracebacks of what a stop cancels, no fault: a request cut off at the
+    drain limit (uvicorn's own line before it says how many) and, after a second Ctrl-C, the
+    app's shutdown (the worker is stopped by :func:`main` instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        text = record.msg if isinstance(record.msg, str) else ""
+        return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
+
+
 def main(config: ServeConfig, *, progress: bool = True) -> int:
-    """Load the run and serve it until Ctrl-C."""
+    """Load the run and serve it until Ctrl-C (or SIGTERM): requests still running then get
+    ``--drain-timeout`` seconds to finish."""
     uvicorn, create_app = _import_serving()
     from seer.inference.explainer import Explainer  # deferred: torch and transformers
 
     if not Path(config.run).is_dir():
         raise SeerError(f"{config.run} is not a folder; pass a run folder written by seer train")
+    check_address(config.host, config.port)
     monitor = config.default_monitor()
     explainer = Explainer.from_run(config.run)
     app = create_app(
@@ -96,5 +151,17 @@ def main(config: ServeConfig, *, progress: bool = True) -> int:
         default_max_tokens=config.max_tokens,
     )
     logger.info("serving %s on http://%s:%d/", config.run, config.host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    logging.getLogger("uvicorn.error").addFilter(_CutOff())
+    try:
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            timeout_graceful_shutdown=config.drain_timeout,
+        )
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down
+        raise KeyboardInterrupt("the server stopped; run the same command to serve again") from None
+    finally:  # also after a second Ctrl-C, which skips the app's shutdown: no thread outlives
+        app.state.service.worker.stop()  # the interpreter in the middle of a forward pass
     return 0

@@ -123,4 +123,6 @@ class Engine:
                 events = batch.step()
                 for event in events:
                     event.row = index[event.row]
+                    if event.result is not None and event.result.error is not None:
+                        raise event.result.error  # one caller, one failure: say it
                 yield events

@@ -25,13 +25,15 @@ class RowResult:
     explanation: Explanation | None
     finish_reason: str
     final: float | None = None  # the monitored concept in the final explanation
+    error: Exception | None = None  # why the row failed (finish reason ``error``)
 
 
 @dataclass
 class RowEvent:
     """Generated token ``index`` of a row (``-1``: the prompt's end), once the model has read
-    it: its text, the readout there, the monitor's status; the last event of a row has a
-    ``finish_reason`` (stop, length, monitor, cancelled) and the ``result``."""
+        it: its text, the readout there, the monitor's status; the last event of a row has a
+        ``finish_reason`` (stop, length, monitor, cancelled, or error: the row alone failed, its
+    ``result.error`` says why) and the ``result``."""
 
     row: int
     index: int

@@ -14,7 +14,11 @@ import torch
 
 from seer.errors import SeerError
 
-__all__ = ["Monitor", "MonitorState", "replay"]
+__all__ = ["MAX_STEER", "Monitor", "MonitorState", "replay"]
+
+#: The strongest steering: a multiple of the prompt's mean hidden-state norm at the target
+#: layer (``scale``, or a given vector's norm); beyond it the model reads only the steering.
+MAX_STEER = 100.0
 
 
 @dataclass
@@ -52,6 +56,13 @@ class Monitor:
             raise SeerError("monitor mode 'steer' needs `towards` (a concept) or a `vector`")
         if not 0 < self.threshold <= 1:
             raise SeerError(f"monitor threshold is a probability in (0, 1], got {self.threshold}")
+        if not 0 < self.scale <= MAX_STEER:
+            raise SeerError(
+                f"monitor scale is a multiple of the prompt's mean hidden-state norm in "
+                f"(0, {MAX_STEER:g}], got {self.scale}: pass a smaller scale (0.5 is typical)"
+            )
+        if self.vector is not None and not bool(torch.isfinite(self.vector).all()):
+            raise SeerError("the monitor vector holds NaN or infinite values: pass finite numbers")
         if self.watch_tokens is not None and self.watch_tokens < 0:
             raise SeerError(
                 f"watch_tokens is a number of generated tokens (0: the prompt's end only) or "

@@ -13,10 +13,11 @@ import torch
 
 from seer.core.formatting import content_start, encode
 from seer.core.layers import add_to_layer, capture_layers, run_until
+from seer.errors import SeerError
 from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
 from seer.inference.events import RowEvent, RowResult
-from seer.inference.monitor import Monitor, MonitorState
+from seer.inference.monitor import MAX_STEER, Monitor, MonitorState
 from seer.inference.readout import NONE, Reading
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Row:
         self.prompt_norm: torch.Tensor | None = None
         self.steering: torch.Tensor | None = None
         self.cancelled = False
+        self.error: Exception | None = None  # set when this row's own work failed: it ends
 
     def span_mean(self, more: torch.Tensor | None = None) -> torch.Tensor:
         """The mean state of the 'mean' span read so far, with the states ``more`` ``[n, H]``
@@ -68,7 +70,16 @@ class Row:
             monitor = self.state.monitor
             assert monitor is not None and self.prompt_norm is not None
             if monitor.vector is not None:
-                self.steering = monitor.vector.float().to(self.prompt_norm.device)
+                vector = monitor.vector.float().to(self.prompt_norm.device)
+                ratio = float(vector.norm() / self.prompt_norm)
+                if not ratio <= MAX_STEER:
+                    raise SeerError(
+                        f"the monitor vector's norm is {ratio:.3g} times the prompt's mean "
+                        f"hidden-state norm at the target layer "
+                        f"({float(self.prompt_norm):.3g}); the most is {MAX_STEER:g} times: "
+                        "scale the vector down"
+                    )
+                self.steering = vector
             else:
                 d = self.explainer.readout.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
                 self.steering = monitor.scale * self.prompt_norm * d.to(self.prompt_norm.device)
@@ -106,6 +117,22 @@ class Row:
             reason,
             self.state.final,
         )
+
+    def failed(self) -> RowEvent:
+        """The last event of a row whose own work failed (``error``): it ends alone."""
+        empty = np.zeros(0)
+        s = self.state
+        result = RowResult(
+            "",
+            list(self.tokens),
+            s.fired_at,
+            list(s.probabilities),
+            None,
+            "error",
+            error=self.error,
+        )
+        j = len(self.tokens) - 1
+        return RowEvent(self.id, j, None, "", empty, empty, NONE, s.status, "error", result)
 
     def cancel_unstarted(self) -> RowEvent:
         """The only event of a row cancelled before its prompt was read."""
@@ -148,12 +175,15 @@ class Step:
         means = torch.stack([r.span_mean() for r in rows])
         self._reading = readout.read(readout.vectors(user_end, newest, means))
         for i, row in enumerate(rows):
-            row.observe(self._reading.probabilities[i])
-        if all(r.steering is None for r in rows):
+            try:
+                row.observe(self._reading.probabilities[i])
+            except Exception as exc:  # this row's own monitor failed: it alone ends
+                row.error = exc
+        if all(r.steering is None or r.error is not None for r in rows):
             return None
         delta = hidden.new_zeros(len(rows), 1, hidden.shape[-1], dtype=torch.float32)
         for i, row in enumerate(rows):
-            if row.steering is not None:
+            if row.steering is not None and row.error is None:
                 delta[i, 0] = row.steering
         return delta
 
@@ -223,23 +253,42 @@ class Step:
     ) -> tuple[list[RowEvent], list[int]]:
         """After a pass: each row's event, its next token, and the rows that go on (the rows
         that end here get their final read together, after all the rows' events)."""
-        events, keep, ending = [], [], []
+        events: list[RowEvent] = []
+        keep: list[int] = []
+        ending: list[tuple[int, Row, str]] = []
         for i, row in enumerate(rows):
-            text = row.text.push(row.tokens[-1]) if row.tokens else ""
-            events.append(row.event(reading, i, text))
-            if row.state.stops:  # a stop monitor fired at this pass: the row ends here
-                cos, probs = reading.cosines[i], reading.probabilities[i]
-                row.finish(events[-1], row.result(cos, probs, "", "monitor"))
-                continue
-            token = self._next[i]
-            row.tokens.append(token)
-            if token in self.greedy.eos:
-                ending.append((i, row, "stop"))
-            elif len(row.tokens) >= row.max_new_tokens:
-                ending.append((i, row, "length"))
-            else:
-                keep.append(i)
+            try:
+                if row.error is None:
+                    self._advance_row(i, row, reading, events, keep, ending)
+            except Exception as exc:  # this row's own readout or monitor failed: it alone ends
+                row.error = exc
+            if row.error is not None:
+                events.append(row.failed())
         return events + self._finals(ending, kv), keep
+
+    def _advance_row(
+        self,
+        i: int,
+        row: Row,
+        reading: Reading,
+        events: list[RowEvent],
+        keep: list[int],
+        ending: list[tuple[int, Row, str]],
+    ) -> None:
+        text = row.text.push(row.tokens[-1]) if row.tokens else ""
+        events.append(row.event(reading, i, text))
+        if row.state.stops:  # a stop monitor fired at this pass: the row ends here
+            cos, probs = reading.cosines[i], reading.probabilities[i]
+            row.finish(events[-1], row.result(cos, probs, "", "monitor"))
+            return
+        token = self._next[i]
+        row.tokens.append(token)
+        if token in self.greedy.eos:
+            ending.append((i, row, "stop"))
+        elif len(row.tokens) >= row.max_new_tokens:
+            ending.append((i, row, "length"))
+        else:
+            keep.append(i)
 
     def _read(self, inputs: dict[str, Any]) -> torch.Tensor:
         """The target layer's states ``[B, T, H]`` for ``inputs`` (no later layer runs)."""
@@ -301,19 +350,29 @@ class Step:
             for j, (k, _, suffix) in enumerate(through):
                 row, read = ending[k][1], hidden[j, : len(suffix)]
                 states[k] = (read[0], read[-1], row.span_mean(read[:1]), row.span_mean(read))
-        readout, events = self.explainer.readout, []
+        events = []
         for k, (_, row, reason) in enumerate(ending):
-            token_state, last, token_mean, mean = states[k]
-            reading = readout.read(
-                readout.vectors(
-                    row.user_end,  # type: ignore[arg-type]
-                    torch.stack([token_state, last]),
-                    torch.stack([token_mean, mean]),
-                )
-            )
-            text = row.text.push(row.tokens[-1]) + row.text.flush()
-            event = row.event(reading, 0, text)
-            cos, probs = reading.cosines[1], reading.probabilities[1]
-            row.finish(event, row.result(cos, probs, replies[k], reason))
-            events.append(event)
+            try:
+                events.append(self._final(row, states[k], replies[k], reason))
+            except Exception as exc:  # this row's own final read failed: it alone ends
+                row.error = exc
+                events.append(row.failed())
         return events
+
+    def _final(
+        self, row: Row, states: tuple[torch.Tensor, ...], reply: str, reason: str
+    ) -> RowEvent:
+        token_state, last, token_mean, mean = states
+        readout = self.explainer.readout
+        reading = readout.read(
+            readout.vectors(
+                row.user_end,  # type: ignore[arg-type]
+                torch.stack([token_state, last]),
+                torch.stack([token_mean, mean]),
+            )
+        )
+        text = row.text.push(row.tokens[-1]) + row.text.flush()
+        event = row.event(reading, 0, text)
+        cos, probs = reading.cosines[1], reading.probabilities[1]
+        row.finish(event, row.result(cos, probs, reply, reason))
+        return event

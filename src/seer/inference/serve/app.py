@@ -198,6 +198,7 @@ def create_app(
     app.mount("/static", StaticFiles(packages=[("seer.inference.serve", "static")]), "static")
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _server_error)
     app.add_api_route("/", _page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/health", lambda: service.health(), methods=["GET"])
     app.add_api_route(
@@ -216,24 +217,45 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
 
 
+async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A fault of the server (a bug): an OpenAI error body for the client; the traceback
+    goes to the server's log."""
+    body = error_body(
+        f"the server failed on this request ({type(exc).__name__}); see the server's log",
+        type="server_error",
+        code="internal_error",
+    )
+    return JSONResponse(body, status_code=500)
+
+
 async def _page() -> HTMLResponse:
     html = resources.files("seer.inference.serve").joinpath("static/index.html")
     return HTMLResponse(html.read_text(encoding="utf-8"))
 
 
 async def _result(job: Job, request: Request) -> Any:
-    """The finished row's result, ``None`` if the client disconnected first."""
-    while True:
-        try:
-            item = await asyncio.wait_for(job.events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
+    """The finished row's result, ``None`` if the client disconnected first (noticed at once
+    from the ASGI receive channel, as for streams)."""
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        while True:
+            item = asyncio.ensure_future(job.events.get())
+            await asyncio.wait({item, left}, return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
                 return None
-            continue
-        if isinstance(item, ApiError):
-            raise item
-        if item[-1].result is not None:
-            return item[-1].result
+            if isinstance(item.result(), ApiError):
+                raise item.result()
+            if item.result()[-1].result is not None:
+                return item.result()[-1].result
+    finally:
+        left.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(

@@ -73,6 +73,22 @@ class ChatRequest:
     monitor: Monitor | None
 
 
+#: The JSON type of every monitor field (``null`` is accepted where the field's default is).
+MONITOR_TYPES = {
+    "concept": "a string",
+    "threshold": "a number",
+    "mode": "a string",
+    "towards": "a string",
+    "scale": "a number",
+    "vector": "a list of numbers",
+    "refusal": "a string",
+    "watch_tokens": "a whole number",
+    "reply_end": "true or false",
+}
+#: The monitor fields that may be ``null`` (their default).
+NULLABLE = ("towards", "vector", "watch_tokens")
+
+
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
     return ApiError(message, param=param, code=code)
 
@@ -84,6 +100,12 @@ def _json(raw: bytes) -> dict[str, Any]:
         raise _bad(
             f"the request body is not valid JSON ({exc}); send a JSON object", None, "invalid_json"
         ) from exc
+    except RecursionError:
+        raise _bad(
+            "the request body is nested too deeply to read; send a chat request object",
+            None,
+            "invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object with 'messages'", None, "invalid_json")
     return body
@@ -136,6 +158,14 @@ def _text(content: Any, param: str) -> str:
         raise _bad("message content must be a string (or a list of text parts)", param)
     if not content.strip():
         raise _bad("message content is empty; write the prompt in it", param)
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _bad(
+            f"message content holds a lone UTF-16 surrogate ({content[exc.start]!r} at "
+            f"character {exc.start}), which is no Unicode text: send valid UTF-8",
+            param,
+        ) from None
     return content
 
 
@@ -219,26 +249,61 @@ def monitor_from_dict(spec: dict[str, Any], param: str = "seer.monitor") -> Moni
             "missing_required_parameter",
         )
     kw = dict(spec)
-    threshold = kw.get("threshold", 0.5)
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not (math.isfinite(threshold))
-    ):
-        raise _bad(
-            f"the threshold is a probability in (0, 1], got {threshold!r}", f"{param}.threshold"
-        )
-    if kw.get("vector") is not None:
-        try:
-            kw["vector"] = torch.tensor(kw["vector"], dtype=torch.float32)
-        except (TypeError, ValueError) as exc:
+    for name, value in spec.items():
+        kind = MONITOR_TYPES[name]
+        if not (value is None and name in NULLABLE) and not _is(value, kind):
+            shown = "left out" if name in NULLABLE else "given"
             raise _bad(
-                f"the monitor vector must be a list of numbers ({exc})", f"{param}.vector"
-            ) from exc
+                f"the monitor's {name} must be {kind} (or {shown}), got {json.dumps(value)[:80]}",
+                f"{param}.{name}",
+            )
+    for name in ("threshold", "scale"):
+        if name in spec and not _finite(spec[name]):
+            raise _bad(
+                f"the monitor's {name} must be a finite number, got {spec[name]!r}",
+                f"{param}.{name}",
+            )
+    if kw.get("vector") is not None:
+        kw["vector"] = _vector(kw["vector"], f"{param}.vector")
     try:
         return Monitor(**kw)
     except (SeerError, TypeError) as exc:
         raise _bad(str(exc), param) from exc
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether the JSON ``value`` is of ``kind`` (booleans are no numbers)."""
+    if kind == "a string":
+        return isinstance(value, str)
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "a whole number":
+        return isinstance(value, int)
+    if kind == "a number":
+        return isinstance(value, (int, float))
+    return isinstance(value, list)  # a list of numbers: its items are checked by _vector
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _vector(value: list[Any], param: str) -> torch.Tensor:
+    if not value or not all(_is(x, "a number") and _finite(x) for x in value):
+        raise _bad(
+            "the monitor vector must be a flat, non-empty list of finite numbers, one per "
+            "hidden dimension of the target layer",
+            param,
+        )
+    try:
+        return torch.tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise _bad(f"the monitor vector must be a list of numbers ({exc})", param) from exc
 
 
 def _monitor(
@@ -279,6 +344,8 @@ def parse_chat_request(
         )
     _check_fields(body)
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad(f"model must be a string, got {json.dumps(model)[:80]}", "model")
     if model is not None and model != limits.model_id:
         raise ApiError(
             f"the model {model!r} is not served here; use {limits.model_id!r}",
@@ -291,8 +358,12 @@ def parse_chat_request(
     if not isinstance(stream, bool):
         raise _bad(f"stream must be true or false, got {stream!r}", "stream")
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise _bad("stream_options takes only {'include_usage': bool}", "stream_options")
+    if (
+        not isinstance(options, dict)
+        or set(options) - {"include_usage"}
+        or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise _bad("stream_options takes only {'include_usage': true or false}", "stream_options")
     monitor = _monitor(body, default_monitor, check_monitor)
     n = count_tokens(prompt)
     return ChatRequest(

@@ -87,6 +87,10 @@ class BatchWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker thread at its next step (a no-op unless it runs); rows still
+        generating are dropped."""
+        if not self._thread.is_alive():
+            return
         with self._cond:
             self._stop = True
             self._cond.notify()
@@ -205,16 +209,24 @@ class BatchWorker:
             job = self._running.get(row)
             if job is None:
                 continue
-            finished = evs[-1].finish_reason is not None
-            if finished:  # the books first: a client that has its answer sees them updated
+            reason = evs[-1].finish_reason
+            if reason is not None:  # the books first: a client that has its answer sees them
                 with self._cond:
                     del self._running[row]
                     job.done = True
-                    if evs[-1].finish_reason == "cancelled" or job.cancelled:
+                    if reason == "cancelled" or job.cancelled:
                         self.stats.cancelled += 1
+                    elif reason == "error":
+                        self.stats.failed += 1
                     else:
                         self.stats.completed += 1
-            if not job.cancelled:
+            if job.cancelled:
+                continue
+            if reason == "error":  # this row alone failed: its request gets the error
+                if evs[:-1]:
+                    job.put(evs[:-1])
+                job.put(_row_error(evs[-1].result.error))
+            else:
                 job.put(evs)
         if self._batch.active == 0 and self._running:  # rows the engine ended without an event
             with self._cond:
@@ -246,3 +258,17 @@ class BatchWorker:
                     code="internal_error",
                 )
             )
+
+
+def _row_error(exc: Exception | None) -> ApiError:
+    """The error of a request whose row failed while the others in its batch went on: its
+    own monitor's values (400), or a fault on the server (500, logged)."""
+    if isinstance(exc, SeerError):
+        return ApiError(str(exc), param="seer.monitor", code="invalid_value")
+    logger.error("one request's row failed; the others go on", exc_info=exc)
+    return ApiError(
+        f"generation of this request failed on the server: {exc}",
+        status=500,
+        type="server_error",
+        code="internal_error",
+    )
