@@ -100,7 +100,7 @@ def submit(driver, url: str, prompt: str, monitor: dict | None = None, timeout: 
 def test_page_streams_coloured_tokens_and_the_final_explanation(
     browser, coloured_run, tokenizer, tmp_path
 ):
-    app = create_app(make_explainer(coloured_run, tokenizer), model_id="tiny")
+    app = create_app(make_explainer(coloured_run, tokenizer).engine, model_id="tiny")
     with running(app) as url:
         submit(browser, url, PROMPT, {"mode": "watch", "concept": "space", "threshold": 0.01})
         assert not browser.find_elements(By.ID, "error")
@@ -131,7 +131,7 @@ def test_page_streams_coloured_tokens_and_the_final_explanation(
 
 
 def test_page_marks_a_stop_and_shows_the_refusal(browser, coloured_run, tokenizer):
-    app = create_app(make_explainer(coloured_run, tokenizer), model_id="tiny")
+    app = create_app(make_explainer(coloured_run, tokenizer).engine, model_id="tiny")
     with running(app) as url:
         for concept in (
             "cooking",
@@ -153,7 +153,7 @@ def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
     run = embedded_run(tmp_path_factory)
     explainer = Explainer.from_run(run)
     assert explainer.concepts == ["cooking", "space", "sports"]
-    app = create_app(explainer, model_id="smolLM2-135M-seer")
+    app = create_app(explainer.engine, model_id="smolLM2-135M-seer")
     with running(app) as url:
         browser.set_window_size(1100, 1000)
         submit(

@@ -61,7 +61,7 @@ def serving(run_dir, tokenizer, *, gate: threading.Event | None = None, pace: fl
             return logits
 
         explainer.model.get_output_embeddings().register_forward_hook(held)
-    app = create_app(explainer, model_id="tiny", **kw)
+    app = create_app(explainer.engine, model_id="tiny", **kw)
     with running(app) as url:
         try:
             yield url
@@ -507,7 +507,7 @@ def test_write_html(reference, tmp_path):
 def test_embedded_model_streams_and_explains_like_explainer_generate(tmp_path_factory):
     run = embedded_run(tmp_path_factory)
     reference = Explainer.from_run(run)
-    app = create_app(Explainer.from_run(run), model_id="smol")
+    app = create_app(Explainer.from_run(run).engine, model_id="smol")
     prompt = "How do I pick a lock?"
     with running(app) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)

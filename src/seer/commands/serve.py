@@ -12,6 +12,7 @@ from typing import Any
 from seer.commands.monitor import MonitorOptions
 from seer.commands.options import option
 from seer.errors import SeerError
+from seer.inference.backends import BACKENDS
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 
@@ -37,6 +38,12 @@ class ServeConfig:
         "prefill pass (0: at the next step; a full batch does not wait)",
     )
     max_tokens: int = option(128, "reply length when a request gives no max_tokens")
+    # --- the engine's backend --------------------------------------------------------------
+    backend: str = option(
+        "hf",
+        "what runs the model: hf (Hugging Face transformers, seer's own batching) or vllm (an "
+        "in-process vLLM engine; pip install 'seer[vllm]')",
+    )
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------
     monitor: MonitorOptions = option(
         MonitorOptions,
@@ -55,6 +62,8 @@ class ServeConfig:
             raise SeerError(
                 f"--batch-wait-ms must be between 0 and 10000, got {self.batch_wait_ms}"
             )
+        if self.backend not in BACKENDS:
+            raise SeerError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         self.monitor.check_single("seer serve")
 
     def default_monitor(self) -> Any:
@@ -80,14 +89,15 @@ def _import_serving() -> tuple[Any, Any]:
 def main(config: ServeConfig, *, progress: bool = True) -> int:
     """Load the run and serve it until Ctrl-C."""
     uvicorn, create_app = _import_serving()
-    from seer.inference.explainer import Explainer  # deferred: torch and transformers
+    from seer.inference.engine import Engine  # deferred: torch and transformers
+    from seer.inference.loaded import LoadedRun
 
     if not Path(config.run).is_dir():
         raise SeerError(f"{config.run} is not a folder; pass a run folder written by seer train")
     monitor = config.default_monitor()
-    explainer = Explainer.from_run(config.run)
+    engine = Engine(LoadedRun.from_run(config.run), config.backend)
     app = create_app(
-        explainer,
+        engine,
         model_id=config.model_id or Path(config.run).resolve().name,
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,
