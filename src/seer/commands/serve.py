@@ -44,6 +44,11 @@ class ServeConfig:
         "what runs the model: hf (Hugging Face transformers, seer's own batching) or vllm (an "
         "in-process vLLM engine; pip install 'seer[vllm]')",
     )
+    vllm_dtype: str = option(
+        "float32",
+        "the vLLM backend's weights and activations: float32 (the readout as trained) or "
+        "bfloat16 (faster where the CPU or GPU has it; see docs/vllm.md for its agreement)",
+    )
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------
     monitor: MonitorOptions = option(
         MonitorOptions,
@@ -64,6 +69,8 @@ class ServeConfig:
             )
         if self.backend not in BACKENDS:
             raise SeerError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.vllm_dtype not in ("float32", "bfloat16"):
+            raise SeerError(f"--vllm-dtype must be float32 or bfloat16, got {self.vllm_dtype!r}")
         self.monitor.check_single("seer serve")
 
     def default_monitor(self) -> Any:
@@ -95,7 +102,17 @@ def main(config: ServeConfig, *, progress: bool = True) -> int:
     if not Path(config.run).is_dir():
         raise SeerError(f"{config.run} is not a folder; pass a run folder written by seer train")
     monitor = config.default_monitor()
-    engine = Engine(LoadedRun.from_run(config.run), config.backend)
+    if config.backend == "vllm":
+        from seer.inference.backends.vllm_adapter import check_vllm
+
+        check_vllm()  # before the model loads: a missing vLLM says so at once
+    loaded = LoadedRun.from_run(config.run)
+    if config.backend == "vllm":
+        from seer.inference.backends.vllm import VllmBackend
+
+        engine = Engine(loaded, VllmBackend(loaded, dtype=config.vllm_dtype))
+    else:
+        engine = Engine(loaded)
     app = create_app(
         engine,
         model_id=config.model_id or Path(config.run).resolve().name,

@@ -21,13 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "Backend", "Passes", "load_backend"]
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm")
 
 
 class Passes(Protocol):
     """One live batch's passes."""
 
-    rows: list[Row]  # the running rows (prefilled, not ended)
+    @property
+    def rows(self) -> list[Row]:
+        """The rows in the batch (added to the backend, not yet ended)."""
+        ...
 
     def step(self, new: list[Row]) -> list[RowEvent]:
         """One decode pass for the running rows and a prefill for ``new``: every row's event."""
@@ -58,4 +61,8 @@ def load_backend(name: str, loaded: LoadedRun, **options: Any) -> Backend:
         from seer.inference.backends.hf import HFBackend
 
         return HFBackend(loaded, **options)
+    if name == "vllm":
+        from seer.inference.backends.vllm import VllmBackend
+
+        return VllmBackend(loaded, **options)
     raise SeerError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
