@@ -10,12 +10,10 @@ wide margin and still catches a state read at the wrong position or row."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import PROMPTS, embedded_run, make_tokenizer, write_concepts, write_retain
+from conftest import PROMPTS, embedded_run, tiny_vllm_run
 
 from seer.errors import SeerError
 from seer.inference.backends import vllm_adapter
@@ -51,49 +49,6 @@ def test_a_missing_or_wrong_vllm_is_one_line_that_says_how_to_install(monkeypatc
         vllm_adapter.check_vllm()
 
 
-def _tiny_vllm_run(root: Path) -> Path:
-    """A tiny random Llama run whose heads vLLM's CPU attention takes (head size 32)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from seer.training.config import TrainConfig
-    from seer.training.train import train
-
-    if (root / "run" / "seer.json").is_file():
-        return root / "run"
-    root.mkdir(exist_ok=True)
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    train(
-        TrainConfig(
-            model=str(root / "base"),
-            data=str(write_concepts(root / "concepts.jsonl")),
-            retain_data=str(write_retain(root / "retain.jsonl")),
-            output=str(root / "run"),
-            epochs=2,
-            batch_size=4,
-            layer=1,
-            test_fraction=0.34,
-            overwrite=True,
-        ),
-        progress=False,
-    )
-    return root / "run"
-
-
 @pytest.fixture(scope="module", params=["tiny", "embedded"])
 def engines(request, tmp_path_factory):
     """The HF engine and the vLLM engine of one loaded run (vLLM loads the merged model)."""
@@ -102,7 +57,7 @@ def engines(request, tmp_path_factory):
     from seer.inference.backends.vllm import VllmBackend
 
     if request.param == "tiny":
-        run = _tiny_vllm_run(tmp_path_factory.getbasetemp() / "vllm-tiny")
+        run = tiny_vllm_run(tmp_path_factory.getbasetemp() / "vllm-tiny")
     else:
         run = embedded_run(tmp_path_factory)
     loaded = LoadedRun.from_run(run)
@@ -187,7 +142,9 @@ def test_monitors_decide_the_same_rows_at_the_same_tokens(engines, mode):
 def test_reply_end_monitor_decides_like_the_hf_backend(engines):
     hf, vl = engines
     concept = hf.loaded.concepts[0]
-    finals = [e[-1].result.final for e in staggered(hf, [Monitor(concept, 1.0, "watch")] * 4).values()]
+    finals = [
+        e[-1].result.final for e in staggered(hf, [Monitor(concept, 1.0, "watch")] * 4).values()
+    ]
     monitor = Monitor(concept, float(np.median(finals)), "stop", reply_end=True)
     assert_same_rows(staggered(hf, [monitor] * 4), staggered(vl, [monitor] * 4))
 

@@ -116,6 +116,7 @@ class VllmEngine:
         )
         self.engine = LLMEngine.from_engine_args(args)
         self.on_pass = on_pass
+        self.reading = True  # False: the hook returns at once (vLLM alone, for benchmarks)
         self.engine.collective_rpc(_install, args=(layer, layers_path, self._hook))
 
     def add(self, request: str, token_ids: list[int], max_tokens: int, salt: str) -> None:
@@ -143,6 +144,8 @@ class VllmEngine:
         return bool(self.engine.has_unfinished_requests())
 
     def _hook(self, model_runner: Any, positions: torch.Tensor, output: Any) -> Any:
+        if not self.reading:
+            return None
         from vllm.forward_context import get_forward_context
 
         hidden, residual = output
