@@ -107,6 +107,38 @@ def _figures(start: float, times: list[list[float]]) -> dict:
     }
 
 
+def rows_of(engine: Engine, texts: list[str], max_tokens: int) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for events in engine.stream(texts, max_new_tokens=max_tokens, batch_size=len(texts)):
+        for e in events:
+            out.setdefault(e.row, []).append(e)
+    return out
+
+
+def agreement(hf: Engine, vl: Engine, texts: list[str], max_tokens: int) -> str:
+    """The vLLM backend's readout against the HF backend's (float32): over each reply's
+    tokens up to the first that differs, how often the top concept agrees and the largest
+    probability difference; how many replies are the same tokens and have the same final top."""
+    a, b = rows_of(hf, texts, max_tokens), rows_of(vl, texts, max_tokens)
+    same = tops = total = final = 0
+    worst = 0.0
+    for i in a:
+        ra, rb = a[i][-1].result, b[i][-1].result
+        same += ra.tokens == rb.tokens
+        final += ra.explanation.top == rb.explanation.top
+        for x, y in zip(a[i], b[i], strict=False):
+            if x.token != y.token:
+                break
+            total += 1
+            tops += x.top == y.top
+            worst = max(worst, float(np.abs(x.probabilities - y.probabilities).max()))
+    n = len(a)
+    return (
+        f"same tokens {same}/{n} replies; per-token top agrees {tops}/{total} "
+        f"({tops / max(total, 1):.3f}), max |dp| {worst:.4f}; final top agrees {final}/{n}"
+    )
+
+
 def served(engine: Engine, k: int, texts: list[str], max_tokens: int) -> dict:
     app = create_app(engine, model_id="bench", max_batch_size=max(k, 1), max_queue=k * 2)
     with running(app) as url:
@@ -124,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vLLM start-up {time.perf_counter() - start:.1f} s ({args.dtype})")
     hf, vl = Engine(loaded), Engine(loaded, backend)
     vllm_plain(backend, prompts(2, Path(args.data_dir)), 4)  # warm-up
+    texts = prompts(16, Path(args.data_dir))
+    print(
+        f"readout agreement, {args.dtype} vLLM vs float32 HF, 16 prompts, {args.max_tokens} tokens:"
+    )
+    print("  " + agreement(hf, vl, texts, args.max_tokens), flush=True)
     rows = []
     for k in args.clients:
         texts = prompts(k, Path(args.data_dir))
