@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import csv
 import resource
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +110,17 @@ def _figures(start: float, times: list[list[float]]) -> dict:
     }
 
 
+def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on another thread, as the server steps its engine: on vLLM's CPU build
+    the thread that started the engine runs its passes several times slower (measured on this
+    machine: 26-60 tok/s against 250-450 tok/s on a tiny model; cause not found)."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(r=fn(*args)))
+    thread.start()
+    thread.join()
+    return out["r"]
+
+
 def rows_of(engine: Engine, texts: list[str], max_tokens: int) -> dict[int, list]:
     out: dict[int, list] = {}
     for events in engine.stream(texts, max_new_tokens=max_tokens, batch_size=len(texts)):
@@ -155,23 +169,23 @@ def main(argv: list[str] | None = None) -> None:
     backend = VllmBackend(loaded, dtype=args.dtype, max_num_seqs=max(args.clients) * 2)
     print(f"vLLM start-up {time.perf_counter() - start:.1f} s ({args.dtype})")
     hf, vl = Engine(loaded), Engine(loaded, backend)
-    vllm_plain(backend, prompts(2, Path(args.data_dir)), 4)  # warm-up
+    in_thread(vllm_plain, backend, prompts(2, Path(args.data_dir)), 4)  # warm-up
     texts = prompts(16, Path(args.data_dir))
     print(
         f"readout agreement, {args.dtype} vLLM vs float32 HF, 16 prompts, {args.max_tokens} tokens:"
     )
-    print("  " + agreement(hf, vl, texts, args.max_tokens), flush=True)
+    print("  " + in_thread(agreement, hf, vl, texts, args.max_tokens), flush=True)
     rows = []
     for k in args.clients:
         texts = prompts(k, Path(args.data_dir))
-        vllm_plain(backend, texts, 2)  # warm-up: vLLM's CPU kernels for this batch's shapes
-        engine_run(vl, texts, 2)
+        in_thread(vllm_plain, backend, texts, 2)  # warm-up: vLLM's kernels for these shapes
+        in_thread(engine_run, vl, texts, 2)
         results = {
-            "vllm plain": vllm_plain(backend, texts, args.max_tokens),
-            "vllm seer": engine_run(vl, texts, args.max_tokens),
+            "vllm plain": in_thread(vllm_plain, backend, texts, args.max_tokens),
+            "vllm seer": in_thread(engine_run, vl, texts, args.max_tokens),
             "serve vllm": served(vl, k, texts, args.max_tokens),
             "serve hf": served(hf, k, texts, args.max_tokens),
-            "hf plain": plain(explainer, texts, k, args.max_tokens),
+            "hf plain": in_thread(plain, explainer, texts, k, args.max_tokens),
         }
         for name, r in results.items():
             rows.append((k, name, r))
