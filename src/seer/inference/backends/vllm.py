@@ -185,6 +185,10 @@ class VllmBackend:
         )
 
     def passes(self) -> VllmPasses:
+        """A new batch; one batch is live at a time: requests a failed batch left in vLLM
+        are aborted."""
+        self.engine.abort(list(self.readers))
+        self.readers.clear()
         return VllmPasses(self)
 
     def request_id(self) -> str:
