@@ -200,3 +200,20 @@ def test_seer_serve_on_vllm_under_the_openai_client(engines):
             time.sleep(0.05)
         assert health["running"] == 0 and health["cancelled"] >= 1
     assert not vl.backend.readers and not vl.backend.engine.busy
+
+
+@pytest.mark.slow
+def test_a_seer_export_folder_serves_on_vllm_like_its_run(tmp_path_factory):
+    if _vllm_missing():
+        pytest.skip(str(_vllm_missing()))
+    from seer.inference.backends.vllm import VllmBackend, model_folder
+    from seer.inference.export import export
+
+    run = tiny_vllm_run(tmp_path_factory.getbasetemp() / "vllm-tiny")
+    out = export(run, tmp_path_factory.mktemp("exported") / "out")
+    folder = model_folder(out)
+    assert not (folder / "prototypes.safetensors").exists()  # vLLM would read it as weights
+    loaded = LoadedRun.from_run(out)
+    got = staggered(Engine(loaded, VllmBackend(loaded, max_num_seqs=8)))
+    want = staggered(Engine(LoadedRun.from_run(run)))
+    assert_same_rows(want, got)
