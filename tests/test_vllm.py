@@ -115,13 +115,16 @@ def test_tokens_readouts_and_final_explanations_equal_the_hf_backend(engines):
 
 
 def _mid_reply_threshold(hf, concept):
-    """A threshold the watched concept first reaches after the prompt's end in some row."""
+    """A threshold the watched concept first reaches after the prompt's end in some row,
+    halfway between that value and the highest before it (never at a value the backends'
+    1e-6 differences could put on either side)."""
     watch = staggered(hf, [Monitor(concept, 1.0, "watch")] * len(PROMPTS))
     for events in watch.values():
         p = events[-1].result.probabilities
-        if len(p) > 1 and max(p[1:]) > p[0]:
-            return max(p[1:])
-    return max(max(e[-1].result.probabilities) for e in watch.values())
+        k = int(np.argmax(p))
+        if k > 0 and p[k] - max(p[:k]) > 1e-3:
+            return (p[k] + max(p[:k])) / 2
+    pytest.skip("the concept never rises after the prompt's end in these replies")
 
 
 @pytest.mark.slow
