@@ -128,6 +128,7 @@ def _mid_reply_threshold(hf, concept):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engines", ["tiny"], indirect=True)  # the embedded model: above
 @pytest.mark.parametrize("mode", ["stop", "steer", "watch"])
 def test_monitors_decide_the_same_rows_at_the_same_tokens(engines, mode):
     hf, vl = engines
@@ -142,6 +143,7 @@ def test_monitors_decide_the_same_rows_at_the_same_tokens(engines, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engines", ["tiny"], indirect=True)  # the embedded model: above
 def test_reply_end_monitor_decides_like_the_hf_backend(engines):
     hf, vl = engines
     concept = hf.loaded.concepts[0]
@@ -153,6 +155,7 @@ def test_reply_end_monitor_decides_like_the_hf_backend(engines):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engines", ["tiny"], indirect=True)  # the embedded model: above
 def test_a_cancelled_row_leaves_the_engine_and_the_others_go_on(engines):
     hf, vl = engines
     a, b = staggered(hf, cancel_at=(0, 3)), staggered(vl, cancel_at=(0, 3))
