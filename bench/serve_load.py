@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     explainer = Explainer.from_run(run)
     app = create_app(
-        explainer,
+        explainer.engine,
         model_id=run.name,
         max_batch_size=max(args.clients),
         max_queue=max(args.clients) * 2,

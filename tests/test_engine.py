@@ -51,7 +51,9 @@ def assert_matches_generate(explainer, prompt, events, n, monitor=None, abs=0.0)
 
 
 def test_streamed_readouts_are_the_generate_trace(explainer):
-    events = [e for step in Engine(explainer).stream([PROMPT], max_new_tokens=6) for e in step]
+    events = [
+        e for step in Engine(explainer.loaded).stream([PROMPT], max_new_tokens=6) for e in step
+    ]
     result = assert_matches_generate(explainer, PROMPT, events, 6)
     text = "".join(e.text for e in events)
     assert text.strip() == result.reply
@@ -61,7 +63,7 @@ def test_streamed_readouts_are_the_generate_trace(explainer):
 
 
 def test_batched_stream_rows_match_one_by_one(explainer):
-    stream = Engine(explainer).stream(PROMPTS, max_new_tokens=5, batch_size=3)
+    stream = Engine(explainer.loaded).stream(PROMPTS, max_new_tokens=5, batch_size=3)
     by_row = rows_of(e for step in stream for e in step)
     assert sorted(by_row) == list(range(len(PROMPTS)))
     for i, prompt in enumerate(PROMPTS):  # padded batches: the same trace to rounding
@@ -69,7 +71,7 @@ def test_batched_stream_rows_match_one_by_one(explainer):
 
 
 def test_a_row_joins_a_running_batch(explainer):
-    batch = Engine(explainer).batch()
+    batch = Engine(explainer.loaded).batch()
     first = batch.add(PROMPTS[1], max_new_tokens=6)  # the longer prompt starts
     events = batch.step() + batch.step()
     late = batch.add(PROMPT, max_new_tokens=4)
@@ -80,7 +82,7 @@ def test_a_row_joins_a_running_batch(explainer):
     assert_matches_generate(explainer, PROMPT, by_row[late], 4, abs=2e-4)
     assert_matches_generate(explainer, PROMPTS[2], by_row[short], 3, abs=2e-4)
     # a prompt longer than the running batch's cache: the running rows are padded instead
-    batch = Engine(explainer).batch()
+    batch = Engine(explainer.loaded).batch()
     first = batch.add(PROMPTS[2], max_new_tokens=5)
     events = batch.step()
     long = batch.add(PROMPTS[1], max_new_tokens=3)
@@ -90,7 +92,7 @@ def test_a_row_joins_a_running_batch(explainer):
 
 
 def test_a_cancelled_row_stops(explainer):
-    batch = Engine(explainer).batch()
+    batch = Engine(explainer.loaded).batch()
     gone, stays = (batch.add(p, max_new_tokens=8) for p in PROMPTS[:2])
     never = batch.add(PROMPTS[2], max_new_tokens=8)
     batch.cancel(never)  # before its prompt is read
@@ -112,21 +114,21 @@ def test_a_cancelled_row_stops(explainer):
 
 def test_monitor_events(explainer):
     stop = Monitor("space", threshold=1e-9, refusal="no.")
-    events = [e for step in Engine(explainer).stream([PROMPT], monitors=stop) for e in step]
+    events = [e for step in Engine(explainer.loaded).stream([PROMPT], monitors=stop) for e in step]
     assert len(events) == 1 and events[0].index == -1
     assert events[0].monitor == "stopped" and events[0].finish_reason == "monitor"
     assert events[0].result.reply == "no." and events[0].result.fired_at == 0
     late = Monitor("space", threshold=1e-9, mode="watch", watch_tokens=None, reply_end=True)
     events = [
         e
-        for step in Engine(explainer).stream([PROMPT], max_new_tokens=3, monitors=late)
+        for step in Engine(explainer.loaded).stream([PROMPT], max_new_tokens=3, monitors=late)
         for e in step
     ]
     assert [e.monitor for e in events] == ["idle"] * 3 + ["fired"]
     steer = Monitor("space", 1e-9, "steer", towards="cooking")
     events = [
         e
-        for step in Engine(explainer).stream([PROMPT], max_new_tokens=3, monitors=steer)
+        for step in Engine(explainer.loaded).stream([PROMPT], max_new_tokens=3, monitors=steer)
         for e in step
     ]
     assert {e.monitor for e in events} == {"steering"}

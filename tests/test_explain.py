@@ -148,7 +148,7 @@ def test_rows_ending_together_take_their_final_read_in_one_pass(any_run, tokeniz
     prompts = PROMPTS[:3]  # three prompt lengths: a left-padded batch
     lengths, handle = input_lengths(explainer)
     try:
-        steps = list(Engine(explainer).stream(prompts, max_new_tokens=4, batch_size=3))
+        steps = list(Engine(explainer.loaded).stream(prompts, max_new_tokens=4, batch_size=3))
     finally:
         handle.remove()
     # one prefill, 3 decode steps, then one closing read of 3 tokens for all three rows

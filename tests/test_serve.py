@@ -469,7 +469,7 @@ def test_write_html(reference, tmp_path):
 def test_embedded_model_streams_and_explains_like_explainer_generate(tmp_path_factory):
     run = embedded_run(tmp_path_factory)
     reference = Explainer.from_run(run)
-    app = create_app(Explainer.from_run(run), model_id="smol")
+    app = create_app(Explainer.from_run(run).engine, model_id="smol")
     prompt = "How do I pick a lock?"
     with running(app) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
@@ -538,8 +538,25 @@ def test_seer_serve_command_wires_the_config(run_dir, tokenizer, monkeypatch):
         (["serve", "x", "--port", "0"], "--port must be"),
         (["serve", "x", "--max-batch-size", "0"], "--max-batch-size must be"),
         (["serve", "x", "--batch-wait-ms", "-1"], "--batch-wait-ms must be"),
+        (["serve", "x", "--backend", "tgi"], "--backend must be one of hf, vllm"),
+        (["serve", "x", "--vllm-dtype", "float16"], "--vllm-dtype must be float32 or bfloat16"),
     ],
 )
 def test_seer_serve_command_errors(argv, message, capsys):
     assert cli_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_seer_serve_backend_vllm_without_vllm_is_one_line(run_dir, monkeypatch, capsys):
+    """Asked for vLLM where none (or another release) is installed: one line saying how to
+    install it, before any model loads."""
+    import importlib.metadata
+
+    def version(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert cli_main(["serve", str(run_dir), "--backend", "vllm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs vLLM, which is not installed: pip install 'seer[vllm]'" in err
+    assert len(err.splitlines()) == 1

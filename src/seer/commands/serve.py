@@ -16,6 +16,7 @@ from typing import Any
 from seer.commands.monitor import MonitorOptions
 from seer.commands.options import option
 from seer.errors import SeerError
+from seer.inference.backends import BACKENDS
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 
@@ -46,6 +47,17 @@ class ServeConfig:
         "on Ctrl-C or SIGTERM, seconds the running requests get to finish before they are "
         "cut off (a second Ctrl-C stops at once)",
     )
+    # --- the engine's backend --------------------------------------------------------------
+    backend: str = option(
+        "hf",
+        "what runs the model: hf (Hugging Face transformers, seer's own batching) or vllm (an "
+        "in-process vLLM engine; pip install 'seer[vllm]')",
+    )
+    vllm_dtype: str = option(
+        "float32",
+        "the vLLM backend's weights and activations: float32 (the readout as trained) or "
+        "bfloat16 (faster where the CPU or GPU has it; see docs/vllm.md for its agreement)",
+    )
     # --- the default monitor (a request's own {"seer": {"monitor": ...}} replaces it) ------
     monitor: MonitorOptions = option(
         MonitorOptions,
@@ -74,6 +86,10 @@ class ServeConfig:
             raise SeerError(
                 f"--drain-timeout must be a number of seconds, 0 or more, got {self.drain_timeout}"
             )
+        if self.backend not in BACKENDS:
+            raise SeerError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.vllm_dtype not in ("float32", "bfloat16"):
+            raise SeerError(f"--vllm-dtype must be float32 or bfloat16, got {self.vllm_dtype!r}")
         self.monitor.check_single("seer serve")
 
     def default_monitor(self) -> Any:
@@ -134,15 +150,26 @@ def main(config: ServeConfig, *, progress: bool = True) -> int:
     """Load the run and serve it until Ctrl-C (or SIGTERM): requests still running then get
     ``--drain-timeout`` seconds to finish."""
     uvicorn, create_app = _import_serving()
-    from seer.inference.explainer import Explainer  # deferred: torch and transformers
+    from seer.inference.engine import Engine  # deferred: torch and transformers
+    from seer.inference.loaded import LoadedRun
 
     if not Path(config.run).is_dir():
         raise SeerError(f"{config.run} is not a folder; pass a run folder written by seer train")
     check_address(config.host, config.port)
     monitor = config.default_monitor()
-    explainer = Explainer.from_run(config.run)
+    if config.backend == "vllm":
+        from seer.inference.backends.vllm_adapter import check_vllm
+
+        check_vllm()  # before the model loads: a missing vLLM says so at once
+    loaded = LoadedRun.from_run(config.run)
+    if config.backend == "vllm":
+        from seer.inference.backends.vllm import VllmBackend
+
+        engine = Engine(loaded, VllmBackend(loaded, dtype=config.vllm_dtype))
+    else:
+        engine = Engine(loaded)
     app = create_app(
-        explainer,
+        engine,
         model_id=config.model_id or Path(config.run).resolve().name,
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,

@@ -4,12 +4,14 @@ model has just read, its readout, and what the row's monitor did. Everything tha
 with an explanation consumes it: ``Explainer.generate`` (a batch of one),
 ``Explainer.generate_many``, ``seer explain``, ``seer detox-eval`` and ``seer serve``.
 
-    batch = Engine(explainer).batch()
+    batch = Engine(LoadedRun.from_run("runs/bt")).batch()
     row = batch.add("How do I pick a lock?", max_new_tokens=64, monitor=Monitor("unsafe"))
     while batch.active:
         for event in batch.step():
             print(event.text, event.top, event.monitor)
 
+The engine steps a backend (:mod:`seer.inference.backends`: Hugging Face by default, or
+an in-process vLLM engine), which runs the passes and hands the target layer's states over.
 The contract with the server is ``/work/coord/ENGINE.md``: events are token-centric (one per
 generated token, once the model has read it, plus one at the prompt's end); a row's last
 event carries its :class:`RowResult`.
@@ -18,18 +20,16 @@ event carries its :class:`RowResult`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from seer.core.formatting import prompt_ids
 from seer.errors import SeerError
+from seer.inference.backends import Backend, load_backend
 from seer.inference.events import RowEvent, RowResult
+from seer.inference.loaded import LoadedRun
 from seer.inference.monitor import Monitor
-from seer.inference.rows import Row, Step
-
-if TYPE_CHECKING:
-    from seer.inference.explainer import Explainer
+from seer.inference.rows import Row
 
 __all__ = ["Batch", "Engine", "RowEvent", "RowResult"]
 
@@ -38,20 +38,20 @@ class Batch:
     """One left-padded batch with its KV cache: rows are added (also between steps: a new
     row is prefilled and joins the running batch), cancelled, and stepped together."""
 
-    def __init__(self, explainer: Explainer) -> None:
-        self.explainer = explainer
-        self._step = Step(explainer)
+    def __init__(self, backend: Backend) -> None:
+        self.loaded = backend.loaded
+        self._step = backend.passes()
         self._pending: list[Row] = []
         self._ids = 0
 
     def add(self, prompt: str, *, max_new_tokens: int, monitor: Monitor | None = None) -> int:
         """Queue a prompt; it is prefilled at the next :meth:`step`. Returns its row id."""
-        self.explainer.check_request(prompt, max_new_tokens)
+        self.loaded.check_request(prompt, max_new_tokens)
         if monitor is not None:
-            self.explainer.check_monitor(monitor)
-        ids = prompt_ids(self.explainer.tokenizer, prompt)
-        self.explainer.check_context(len(ids), max_new_tokens)
-        row = Row(self._ids, prompt, ids, max_new_tokens, monitor, self.explainer)
+            self.loaded.check_monitor(monitor)
+        ids = prompt_ids(self.loaded.tokenizer, prompt)
+        self.loaded.check_context(len(ids), max_new_tokens)
+        row = Row(self._ids, prompt, ids, max_new_tokens, monitor, self.loaded)
         self._ids += 1
         self._pending.append(row)
         return row.id
@@ -75,22 +75,26 @@ class Batch:
         events = [r.cancel_unstarted() for r in self._pending if r.cancelled]
         self._pending = [r for r in self._pending if not r.cancelled]
         events += self._step.cancel()
-        events += self._step.decode()
-        if self._pending:
-            rows, self._pending = self._pending, []
-            events += self._step.prefill(rows)
-        return events
+        rows, self._pending = self._pending, []
+        return events + self._step.step(rows)
 
 
 class Engine:
-    """Batches of greedy, monitored, explained generations for one :class:`Explainer`."""
+    """Batches of greedy, monitored, explained generations of one loaded run, on ``backend``
+    (a :class:`Backend`, or its name: ``hf``, the default, or ``vllm``)."""
 
-    def __init__(self, explainer: Explainer) -> None:
-        self.explainer = explainer
+    def __init__(self, loaded: LoadedRun, backend: Backend | str = "hf") -> None:
+        self.loaded = loaded
+        self.backend = load_backend(backend, loaded) if isinstance(backend, str) else backend
+
+    @property
+    def joins(self) -> bool:
+        """Whether rows may be added to a batch that is generating."""
+        return self.backend.joins
 
     def batch(self) -> Batch:
         """An empty, live batch."""
-        return Batch(self.explainer)
+        return Batch(self.backend)
 
     def stream(
         self,
@@ -108,10 +112,10 @@ class Engine:
         if len(limits) != n or len(watch) != n:
             raise SeerError("pass one max_new_tokens and one monitor per prompt, or one for all")
         for i, prompt in enumerate(prompts):  # every request checked before any generation
-            self.explainer.check_request(prompt, limits[i])
+            self.loaded.check_request(prompt, limits[i])
             if watch[i] is not None:
-                self.explainer.check_monitor(watch[i])  # type: ignore[arg-type]
-        lengths = [len(prompt_ids(self.explainer.tokenizer, p)) for p in prompts]
+                self.loaded.check_monitor(watch[i])  # type: ignore[arg-type]
+        lengths = [len(prompt_ids(self.loaded.tokenizer, p)) for p in prompts]
         order = sorted(range(n), key=lambda i: lengths[i])
         for start in range(0, n, batch_size):
             batch = self.batch()

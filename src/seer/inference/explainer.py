@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from seer.core.formatting import encode
 from seer.core.layers import capture_layers, run_until
-from seer.core.models import context_length
 from seer.core.represent import representations, running_means
 from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
+from seer.inference.backends import Backend
 from seer.inference.engine import Engine, RowResult
+from seer.inference.loaded import MAX_NEW_TOKENS, LoadedRun, check_context, check_request
 from seer.inference.monitor import Monitor
-from seer.inference.readout import Explanation, Readout
+from seer.inference.readout import Explanation
 
 __all__ = [
     "MAX_NEW_TOKENS",
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -61,57 +60,34 @@ class Generation:
     final: list[float] = field(default_factory=list)
 
 
-def check_request(prompt: str, max_new_tokens: int = 1) -> None:
-    """Raise :class:`SeerError` for an empty prompt or a reply length out of range."""
-    if not prompt or not prompt.strip():
-        raise SeerError("the prompt is empty; pass some text with --prompt")
-    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise SeerError(
-            f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}"
-        )
-
-
-def check_context(prompt_tokens: int, max_new_tokens: int, context: int | None) -> None:
-    """Raise :class:`SeerError` when a prompt of ``prompt_tokens`` tokens and a reply of up to
-    ``max_new_tokens`` do not fit the model's ``context`` (``None``: unknown, not checked):
-    positions beyond it were never trained. The one length check of every generation."""
-    if context is None:
-        return
-    room = context - prompt_tokens
-    if room < 1:
-        raise SeerError(
-            f"the prompt is {prompt_tokens} tokens and the model's context is {context}: "
-            "shorten the prompt"
-        )
-    if max_new_tokens > room:
-        raise SeerError(
-            f"the prompt is {prompt_tokens} tokens and --max-new-tokens is {max_new_tokens}, "
-            f"beyond the model's context of {context} tokens: ask for at most {room} tokens "
-            "or shorten the prompt"
-        )
-
-
 class Explainer:
-    """A SEER model with its readout (prototypes and calibration)."""
+    """A SEER model with its readout (prototypes and calibration), generating on ``backend``
+    (``hf``, the default, or ``vllm``: see :mod:`seer.inference.backends`)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, run: Run) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, run: Run, backend: Backend | str = "hf"
+    ) -> None:
+        self.loaded = LoadedRun.of(model, tokenizer, run)
         self.model, self.tokenizer, self.run = model, tokenizer, run
-        self.readout = Readout.from_run(run)
+        self.readout = self.loaded.readout
         self.layer, self.positions = run.layer, run.positions
         self.concepts = self.readout.concepts
         self.prototypes = self.readout.prototypes
         self.center = self.readout.center  # [P, H] or None (issue 19)
         self.temperature, self.threshold = self.readout.temperature, self.readout.threshold
-        self.max_length = int(run.config.get("max_length", 512))
-        self.context = context_length(model)  # the longest prompt + reply generated
-        self.layers_path: str | None = run.config.get("layers_path")
-        self.engine = Engine(self)
+        self.max_length = self.loaded.max_length
+        self.context = self.loaded.context  # the longest prompt + reply generated
+        self.layers_path = self.loaded.layers_path
+        self.engine = Engine(self.loaded, backend)
 
     @classmethod
-    def from_run(cls, path: str | Path, *, model: Any = None, tokenizer: Any = None) -> Explainer:
-        """Load a run folder (base model + adapter) or a folder written by ``seer export``."""
+    def from_run(
+        cls, path: str | Path, *, model: Any = None, tokenizer: Any = None, backend: str = "hf"
+    ) -> Explainer:
+        """Load a run folder (base model + adapter) or a folder written by ``seer export``;
+        generate on ``backend``."""
         run, model, tokenizer = load_run_model(path, model=model, tokenizer=tokenizer)
-        return cls(model, tokenizer, run)
+        return cls(model, tokenizer, run, backend)
 
     @property
     def device(self) -> torch.device:
@@ -121,27 +97,17 @@ class Explainer:
 
     def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """:func:`check_context` against this model's context."""
-        check_context(prompt_tokens, max_new_tokens, self.context)
+        self.loaded.check_context(prompt_tokens, max_new_tokens)
+
+    def check_monitor(self, monitor: Monitor) -> None:
+        """Raise :class:`SeerError` unless ``monitor`` fits this run (its concepts exist, a
+        given vector has the target layer's size)."""
+        self.loaded.check_monitor(monitor)
 
     def direction(self, towards: str, away: str) -> torch.Tensor:
         """The unit direction ``prototype[towards] - prototype[away]`` in the target layer's
         hidden space (its 'last'-position block), e.g. for steering from unsafe to safe."""
         return self.readout.direction(towards, away)
-
-    def check_monitor(self, monitor: Monitor) -> None:
-        """Raise :class:`SeerError` unless ``monitor`` fits this run (its concepts exist, a
-        given vector has the target layer's size)."""
-        for name in (monitor.concept, monitor.towards):
-            if name is not None and name not in self.concepts:
-                raise SeerError(f"monitor concept {name!r} is not in this run: {self.concepts}")
-        hidden = self.readout.hidden_size
-        if monitor.vector is not None and monitor.vector.shape != (hidden,):
-            raise SeerError(
-                f"monitor vector has shape {tuple(monitor.vector.shape)}; the target layer's "
-                f"hidden size is {hidden}: pass a 1-d vector of that size"
-            )
-        if monitor.mode == "steer" and monitor.vector is None:
-            self.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
 
     # --- scoring ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,29 +1,27 @@
-"""The engine's inside: the rows of a running batch (:class:`Row`: tokens, monitor state,
-trace) and the passes over them (:class:`Step`): a left-padded prefill for new rows, one
-decode pass for running rows with the read hook at the target layer (readout, monitor,
-steering), and each finished row's final read through its own slice of the KV cache.
+"""The engine's rows and what every backend does with them alike: a :class:`Row` (tokens,
+monitor state, readouts, trace), taking in the target layer's states of a pass (the prompt's
+at its prefill, one per decode pass), reading the newest position of every row, advancing
+rows by their next tokens, and the final read of a finished row (the closing-template read).
+A backend (:mod:`seer.inference.backends`) only runs the passes and hands the states over.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from seer.core.formatting import content_start, encode
-from seer.core.layers import add_to_layer, capture_layers, run_until
 from seer.errors import SeerError
-from seer.inference.cache import KV, new_cache
-from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
+from seer.inference.decoding import TextStream
 from seer.inference.events import RowEvent, RowResult
+from seer.inference.loaded import LoadedRun
 from seer.inference.monitor import MAX_STEER, Monitor, MonitorState
 from seer.inference.readout import NONE, Reading
 
-if TYPE_CHECKING:
-    from seer.inference.explainer import Explainer
-
-__all__ = ["Row", "Step"]
+__all__ = ["Closing", "Row", "advance", "closing", "final_events", "read_newest"]
 
 
 class Row:
@@ -36,23 +34,38 @@ class Row:
         ids: list[int],
         max_new_tokens: int,
         monitor: Monitor | None,
-        explainer: Explainer,
+        loaded: LoadedRun,
     ) -> None:
         self.id, self.prompt, self.ids, self.max_new_tokens = id, prompt, ids, max_new_tokens
-        self.explainer, self.state = explainer, MonitorState(monitor)
-        self.concept = explainer.readout.index(monitor.concept) if monitor else None
+        self.loaded, self.state = loaded, MonitorState(monitor)
+        self.concept = loaded.readout.index(monitor.concept) if monitor else None
         self.tokens: list[int] = []
-        self.text = TextStream(explainer.tokenizer)
+        self.text = TextStream(loaded.tokenizer)
         self.trace: list[dict[str, Any]] = []
         self.user_end: torch.Tensor | None = None  # the target layer's state at the prompt's end
+        self.newest: torch.Tensor | None = None  # its state at the newest position read
         # the 'mean' span: its first token (of ids) and the sum and count of its states so far
-        self.start = content_start(explainer.tokenizer, ids)
+        self.start = content_start(loaded.tokenizer, ids)
         self.span_sum: torch.Tensor | None = None
         self.span_count = 0
         self.prompt_norm: torch.Tensor | None = None
         self.steering: torch.Tensor | None = None
         self.cancelled = False
         self.error: Exception | None = None  # set when this row's own work failed: it ends
+
+    def take_prompt(self, states: torch.Tensor) -> None:
+        """The target layer's states ``[len(ids), H]`` of the whole prompt (its prefill)."""
+        states = states.detach()
+        self.user_end = self.newest = states[-1]
+        prompt = states.float()
+        self.prompt_norm = prompt.norm(dim=-1).mean()
+        self.span_sum, self.span_count = prompt[self.start :].sum(0), len(self.ids) - self.start
+
+    def take_token(self, state: torch.Tensor) -> None:
+        """The target layer's state ``[H]`` of the newest token (a decode pass)."""
+        assert self.span_sum is not None  # set by the row's prefill
+        self.newest = state.detach()
+        self.span_sum, self.span_count = self.span_sum + self.newest.float(), self.span_count + 1
 
     def span_mean(self, more: torch.Tensor | None = None) -> torch.Tensor:
         """The mean state of the 'mean' span read so far, with the states ``more`` ``[n, H]``
@@ -81,7 +94,8 @@ class Row:
                     )
                 self.steering = vector
             else:
-                d = self.explainer.readout.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
+                readout = self.loaded.readout
+                d = readout.direction(monitor.towards, monitor.concept)  # type: ignore[arg-type]
                 self.steering = monitor.scale * self.prompt_norm * d.to(self.prompt_norm.device)
 
     def event(self, reading: Reading, i: int, text: str = "", **end: Any) -> RowEvent:
@@ -90,8 +104,8 @@ class Row:
         cos, probs = reading.cosines[i], reading.probabilities[i]
         token = self.tokens[j] if j >= 0 else None
         if token is not None:
-            name = self.explainer.tokenizer.decode([token])
-            self.trace.append(self.explainer.readout.trace_entry(name, cos, probs))
+            name = self.loaded.tokenizer.decode([token])
+            self.trace.append(self.loaded.readout.trace_entry(name, cos, probs))
         return RowEvent(
             self.id, j, token, text, cos, probs, reading.top[i], self.state.status, **end
         )
@@ -106,7 +120,7 @@ class Row:
             self.state.decide_at_end(len(self.tokens), probs[self.concept])
         reply = self.state.reply(reply)
         reason = "monitor" if self.state.stops else reason
-        explanation = self.explainer.readout.explanation(cos, probs, reply, list(self.trace))
+        explanation = self.loaded.readout.explanation(cos, probs, reply, list(self.trace))
         explanation.intervened_at = self.state.fired_at
         return RowResult(
             reply,
@@ -143,236 +157,134 @@ class Row:
         )
 
 
-class Step:
-    """The running rows (in cache order), their KV cache, and the passes over them."""
+def read_newest(rows: list[Row]) -> Reading:
+    """The readout at every row's newest position (after :meth:`Row.take_prompt` or
+    :meth:`Row.take_token`), and each row's monitor's look at it (a row whose monitor fails
+    gets its ``error``, and no steering from then on)."""
+    readout = rows[0].loaded.readout
+    user_end = torch.stack([r.user_end for r in rows])  # type: ignore[misc]
+    newest = torch.stack([r.newest for r in rows])  # type: ignore[misc]
+    means = torch.stack([r.span_mean() for r in rows])
+    reading = readout.read(readout.vectors(user_end, newest, means))
+    for i, row in enumerate(rows):
+        try:
+            row.observe(reading.probabilities[i])
+        except Exception as exc:  # this row's own monitor failed: it alone ends
+            row.error = exc
+    return reading
 
-    def __init__(self, explainer: Explainer) -> None:
-        self.explainer = explainer
-        self.model, self.tokenizer = explainer.model, explainer.tokenizer
-        self.greedy = Greedy(self.model)
-        self.rows: list[Row] = []
-        self.kv: KV | None = None
-        self._forward: list[Row] = []
-        self._reading: Reading | None = None
-        self._prefill = False
 
-    def _hook(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """At the target layer: read the newest position of every row, let its monitor look,
-        and return the steering to add (``None``: none of the rows is steered)."""
-        rows, newest = self._forward, hidden[:, -1].detach()
-        if self._prefill:
-            for i, row in enumerate(rows):
-                row.user_end = newest[i]
-                prompt = hidden[i, -len(row.ids) :].detach().float()
-                row.prompt_norm = prompt.norm(dim=-1).mean()
-                row.span_sum, row.span_count = prompt[row.start :].sum(0), len(row.ids) - row.start
-        else:
-            for i, row in enumerate(rows):
-                assert row.span_sum is not None  # set by the row's prefill
-                row.span_sum, row.span_count = row.span_sum + newest[i].float(), row.span_count + 1
-        readout = self.explainer.readout
-        user_end = torch.stack([r.user_end for r in rows])  # type: ignore[misc]
-        means = torch.stack([r.span_mean() for r in rows])
-        self._reading = readout.read(readout.vectors(user_end, newest, means))
-        for i, row in enumerate(rows):
-            try:
-                row.observe(self._reading.probabilities[i])
-            except Exception as exc:  # this row's own monitor failed: it alone ends
-                row.error = exc
-        if all(r.steering is None or r.error is not None for r in rows):
-            return None
-        delta = hidden.new_zeros(len(rows), 1, hidden.shape[-1], dtype=torch.float32)
-        for i, row in enumerate(rows):
-            if row.steering is not None and row.error is None:
-                delta[i, 0] = row.steering
-        return delta
+def advance(
+    rows: list[Row], reading: Reading, next_tokens: list[int], eos: set[int]
+) -> tuple[list[RowEvent], list[int], list[tuple[int, Row, str]]]:
+    """After a pass: each row's event and its next token. Returns the events, the indices of
+    the rows that go on, and the rows that end here with their finish reason (for their final
+    read, :func:`final_events`); a row a stop monitor ended is finished already, and so is a
+    row whose own work failed (its ``error``: its last event says so, the others go on)."""
+    events: list[RowEvent] = []
+    keep: list[int] = []
+    ending: list[tuple[int, Row, str]] = []
+    for i, row in enumerate(rows):
+        try:
+            if row.error is None:
+                _advance_row(i, row, reading, next_tokens[i], eos, events, keep, ending)
+        except Exception as exc:  # this row's own readout or monitor failed: it alone ends
+            row.error = exc
+        if row.error is not None:
+            events.append(row.failed())
+    return events, keep, ending
 
-    def _pass(self, rows: list[Row], prefill: bool, **inputs: Any) -> Reading:
-        self._forward, self._prefill = rows, prefill
-        ex = self.explainer
-        with add_to_layer(self.model, ex.layer, self._hook, layers_path=ex.layers_path):
-            out = forward(self.model, **inputs)
-        self._next = self.greedy(out.logits)
-        assert self._reading is not None
-        return self._reading
 
-    def prefill(self, rows: list[Row]) -> list[RowEvent]:
-        device = self.explainer.device
-        batch = left_pad([r.ids for r in rows], self.tokenizer.pad_token_id)
-        mask = batch["attention_mask"].to(device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = new_cache()
-        reading = self._pass(
-            rows,
-            True,
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
+def _advance_row(
+    i: int,
+    row: Row,
+    reading: Reading,
+    token: int,
+    eos: set[int],
+    events: list[RowEvent],
+    keep: list[int],
+    ending: list[tuple[int, Row, str]],
+) -> None:
+    text = row.text.push(row.tokens[-1]) if row.tokens else ""
+    events.append(row.event(reading, i, text))
+    if row.state.stops:  # a stop monitor fired at this pass: the row ends here
+        cos, probs = reading.cosines[i], reading.probabilities[i]
+        row.finish(events[-1], row.result(cos, probs, "", "monitor"))
+        return
+    row.tokens.append(token)
+    if token in eos:
+        ending.append((i, row, "stop"))
+    elif len(row.tokens) >= row.max_new_tokens:
+        ending.append((i, row, "length"))
+    else:
+        keep.append(i)
+
+
+@dataclass
+class Closing:
+    """What a finished row's final read reads: the chat-formatted prompt and reply
+    (``target``, as training formats it) and how much of it the generation has read already
+    (``cached``: the prompt and every generated token but the last). ``through`` says whether
+    ``target`` continues the generated tokens, so that ``target[cached:]`` (the last token and
+    the template's closing tokens) can be read after the generation's cache; where the reply
+    re-tokenises differently, the whole ``target`` is read on its own instead."""
+
+    reply: str
+    target: list[int]
+    cached: int
+    through: bool
+
+    @property
+    def suffix(self) -> list[int]:
+        return self.target[self.cached :]
+
+
+def closing(row: Row) -> Closing:
+    tokenizer = row.loaded.tokenizer
+    reply = tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+    target = encode(tokenizer, row.prompt, reply or None, "full", 10**9).input_ids
+    cached = len(row.ids) + len(row.tokens) - 1
+    return Closing(reply, target, cached, target[: cached + 1] == row.ids + row.tokens)
+
+
+def final_states(row: Row, close: Closing, read: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four states the final read needs from the target layer's states ``read``: of
+    ``close.suffix`` (read through the cache) or of the whole ``close.target`` (read alone):
+    the last generated token's state, the last position's, and the 'mean' span up to each."""
+    if close.through:
+        return read[0], read[-1], row.span_mean(read[:1]), row.span_mean(read)
+    mean = read[content_start(row.loaded.tokenizer, close.target) :].float().mean(0)
+    return read[-1], read[-1], mean, mean
+
+
+def final_events(
+    ending: list[tuple[Row, str, Closing]], states: list[tuple[torch.Tensor, ...]]
+) -> list[RowEvent]:
+    """The last events of rows that end now, from their :func:`final_states`: the readout of
+    the last generated token (the row's last trace entry) and, where training reads it, the
+    final explanation. A row whose own final read fails ends alone with its ``error``."""
+    events = []
+    for (row, reason, close), row_states in zip(ending, states, strict=True):
+        try:
+            events.append(_final(row, reason, close, row_states))
+        except Exception as exc:  # this row's own final read failed: it alone ends
+            row.error = exc
+            events.append(row.failed())
+    return events
+
+
+def _final(row: Row, reason: str, close: Closing, states: tuple[torch.Tensor, ...]) -> RowEvent:
+    token_state, last, token_mean, mean = states
+    readout = row.loaded.readout
+    reading = readout.read(
+        readout.vectors(
+            row.user_end,  # type: ignore[arg-type]
+            torch.stack([token_state, last]),
+            torch.stack([token_mean, mean]),
         )
-        kv = KV(cache, mask)
-        events, keep = self._advance(rows, reading, kv)
-        kept = kv.keep(keep)
-        self.kv = kept if self.kv is None or not self.rows else self.kv.join(kept)
-        self.rows += [rows[i] for i in keep]
-        return events
-
-    def decode(self) -> list[RowEvent]:
-        if not self.rows or self.kv is None:
-            return []
-        device, kv = self.explainer.device, self.kv
-        pending = torch.tensor([[r.tokens[-1]] for r in self.rows], device=device)
-        positions = torch.tensor(
-            [[len(r.ids) + len(r.tokens) - 1] for r in self.rows], device=device
-        )
-        reading = self._pass(
-            self.rows,
-            False,
-            input_ids=pending,
-            attention_mask=kv.grow(),
-            position_ids=positions,
-            cache=kv.cache,
-        )
-        events, keep = self._advance(self.rows, reading, kv)
-        self.kv, self.rows = kv.keep(keep), [self.rows[i] for i in keep]
-        return events
-
-    def cancel(self) -> list[RowEvent]:
-        """Final reads of the running rows cancelled since the last step."""
-        if self.kv is None or not any(r.cancelled for r in self.rows):
-            return []
-        events = self._finals(
-            [(i, r, "cancelled") for i, r in enumerate(self.rows) if r.cancelled], self.kv
-        )
-        keep = [i for i, r in enumerate(self.rows) if not r.cancelled]
-        self.kv, self.rows = self.kv.keep(keep), [self.rows[i] for i in keep]
-        return events
-
-    def _advance(
-        self, rows: list[Row], reading: Reading, kv: KV
-    ) -> tuple[list[RowEvent], list[int]]:
-        """After a pass: each row's event, its next token, and the rows that go on (the rows
-        that end here get their final read together, after all the rows' events)."""
-        events: list[RowEvent] = []
-        keep: list[int] = []
-        ending: list[tuple[int, Row, str]] = []
-        for i, row in enumerate(rows):
-            try:
-                if row.error is None:
-                    self._advance_row(i, row, reading, events, keep, ending)
-            except Exception as exc:  # this row's own readout or monitor failed: it alone ends
-                row.error = exc
-            if row.error is not None:
-                events.append(row.failed())
-        return events + self._finals(ending, kv), keep
-
-    def _advance_row(
-        self,
-        i: int,
-        row: Row,
-        reading: Reading,
-        events: list[RowEvent],
-        keep: list[int],
-        ending: list[tuple[int, Row, str]],
-    ) -> None:
-        text = row.text.push(row.tokens[-1]) if row.tokens else ""
-        events.append(row.event(reading, i, text))
-        if row.state.stops:  # a stop monitor fired at this pass: the row ends here
-            cos, probs = reading.cosines[i], reading.probabilities[i]
-            row.finish(events[-1], row.result(cos, probs, "", "monitor"))
-            return
-        token = self._next[i]
-        row.tokens.append(token)
-        if token in self.greedy.eos:
-            ending.append((i, row, "stop"))
-        elif len(row.tokens) >= row.max_new_tokens:
-            ending.append((i, row, "length"))
-        else:
-            keep.append(i)
-
-    def _read(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """The target layer's states ``[B, T, H]`` for ``inputs`` (no later layer runs)."""
-        ex = self.explainer
-        with capture_layers(
-            self.model, [ex.layer], stop_after=True, layers_path=ex.layers_path
-        ) as h:
-            run_until(self.model, **inputs)
-            return h[ex.layer].detach()
-
-    def _read_after(self, kv: KV, suffixes: list[list[int]]) -> torch.Tensor:
-        """The target layer's states ``[R, T, H]`` for each row's ``suffix`` read after its
-        cached tokens, all rows in one pass (suffixes right-padded: causal attention keeps
-        the padding out of every real token's view). The pass extends ``kv``'s cache."""
-        device, n = self.explainer.device, max(len(s) for s in suffixes)
-        ids = torch.full((kv.rows, n), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        new = torch.zeros((kv.rows, n), dtype=torch.long)
-        for j, suffix in enumerate(suffixes):
-            ids[j, : len(suffix)] = torch.tensor(suffix)
-            new[j, : len(suffix)] = 1
-        cached = kv.mask.sum(-1, keepdim=True)
-        inputs: dict[str, Any] = {
-            "input_ids": ids.to(device),
-            "attention_mask": torch.cat([kv.mask, new.to(device)], dim=1),
-            "position_ids": cached + torch.arange(n, device=device)[None],
-            cache_kwarg(self.model): kv.cache,
-            "use_cache": True,
-        }
-        return self._read(inputs)
-
-    def _finals(self, ending: list[tuple[int, Row, str]], kv: KV) -> list[RowEvent]:
-        """The last events of the rows that end now, given as (index in ``kv``, row, finish
-        reason): each row's last token read with the chat template's closing tokens through
-        its cache, all such rows in one pass (a full pass of its own for a row whose reply
-        re-tokenises differently)."""
-        if not ending:
-            return []
-        replies, states, through = [], {}, []
-        for k, (i, row, _) in enumerate(ending):
-            reply = self.tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
-            replies.append(reply)
-            target = encode(self.tokenizer, row.prompt, reply or None, "full", 10**9).input_ids
-            cached = len(row.ids) + len(row.tokens) - 1
-            if target[: cached + 1] == row.ids + row.tokens:
-                through.append((k, i, target[cached:]))
-            else:
-                device = self.explainer.device
-                alone = {
-                    "input_ids": torch.tensor([target], device=device),
-                    "attention_mask": torch.ones(1, len(target), dtype=torch.long, device=device),
-                    "position_ids": torch.arange(len(target), device=device)[None],
-                    "use_cache": False,
-                }
-                read = self._read(alone)[0]
-                mean = read[content_start(self.tokenizer, target) :].float().mean(0)
-                states[k] = (read[-1], read[-1], mean, mean)
-        if through:
-            hidden = self._read_after(kv.keep([i for _, i, _ in through]), [s for *_, s in through])
-            for j, (k, _, suffix) in enumerate(through):
-                row, read = ending[k][1], hidden[j, : len(suffix)]
-                states[k] = (read[0], read[-1], row.span_mean(read[:1]), row.span_mean(read))
-        events = []
-        for k, (_, row, reason) in enumerate(ending):
-            try:
-                events.append(self._final(row, states[k], replies[k], reason))
-            except Exception as exc:  # this row's own final read failed: it alone ends
-                row.error = exc
-                events.append(row.failed())
-        return events
-
-    def _final(
-        self, row: Row, states: tuple[torch.Tensor, ...], reply: str, reason: str
-    ) -> RowEvent:
-        token_state, last, token_mean, mean = states
-        readout = self.explainer.readout
-        reading = readout.read(
-            readout.vectors(
-                row.user_end,  # type: ignore[arg-type]
-                torch.stack([token_state, last]),
-                torch.stack([token_mean, mean]),
-            )
-        )
-        text = row.text.push(row.tokens[-1]) + row.text.flush()
-        event = row.event(reading, 0, text)
-        cos, probs = reading.cosines[1], reading.probabilities[1]
-        row.finish(event, row.result(cos, probs, reply, reason))
-        return event
+    )
+    text = row.text.push(row.tokens[-1]) + row.text.flush()
+    event = row.event(reading, 0, text)
+    cos, probs = reading.cosines[1], reading.probabilities[1]
+    row.finish(event, row.result(cos, probs, close.reply, reason))
+    return event

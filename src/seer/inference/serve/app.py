@@ -1,7 +1,7 @@
 """The HTTP API: OpenAI's chat completions (streamed and not) with the model's
 self-explanation beside every token, ``/v1/models``, ``/health`` and the live page at ``/``.
 
-    app = create_app(Explainer.from_run("runs/bt"), model_id="bt")
+    app = create_app(Engine(LoadedRun.from_run("runs/bt")), model_id="bt")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from seer.core.formatting import prompt_ids
 from seer.core.models import context_length
 from seer.inference.engine import Engine
-from seer.inference.explainer import MAX_NEW_TOKENS
+from seer.inference.loaded import MAX_NEW_TOKENS
 from seer.inference.monitor import Monitor
 from seer.inference.serve import responses as R
 from seer.inference.serve.errors import ApiError, error_body
@@ -65,11 +65,11 @@ class EventStream(StreamingResponse):
 
 
 class Service:
-    """What the routes share: the explainer's limits, the worker, the default monitor."""
+    """What the routes share: the loaded run's limits, the worker, the default monitor."""
 
     def __init__(
         self,
-        explainer: Any,
+        engine: Engine,
         *,
         model_id: str,
         max_batch_size: int,
@@ -78,21 +78,22 @@ class Service:
         monitor: Monitor | None,
         default_max_tokens: int,
     ) -> None:
+        loaded = engine.loaded
         if monitor is not None:
-            explainer.check_monitor(monitor)
-        self.explainer, self.model_id, self.monitor = explainer, model_id, monitor
-        self.concepts = list(explainer.concepts)
+            loaded.check_monitor(monitor)
+        self.loaded, self.model_id, self.monitor = loaded, model_id, monitor
+        self.concepts = list(loaded.concepts)
         self.worker = BatchWorker(
-            Engine(explainer),
+            engine,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             batch_wait=batch_wait,
         )
-        self.tokenizer = copy.deepcopy(explainer.tokenizer)  # the worker thread uses the original
+        self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the worker thread uses the original
         self.limits = Limits(
             model_id=model_id,
             concepts=tuple(self.concepts),
-            context=context_length(explainer.model),
+            context=context_length(loaded.model),
             max_tokens=MAX_NEW_TOKENS,
             default_max_tokens=default_max_tokens,
         )
@@ -131,7 +132,7 @@ class Service:
             raw,
             self.limits,
             count_tokens=lambda text: len(prompt_ids(self.tokenizer, text)),
-            check_monitor=self.explainer.check_monitor,
+            check_monitor=self.loaded.check_monitor,
             default_monitor=self.monitor,
         )
         job = Job(req.prompt, req.max_tokens, req.monitor, asyncio.get_running_loop())
@@ -164,7 +165,7 @@ class Service:
 
 
 def create_app(
-    explainer: Any,
+    engine: Engine,
     *,
     model_id: str = "seer",
     max_batch_size: int = 8,
@@ -173,12 +174,12 @@ def create_app(
     monitor: Monitor | None = None,
     default_max_tokens: int = 128,
 ) -> FastAPI:
-    """The app serving ``explainer``; ``monitor`` watches every request that does not bring
-    its own (``{"seer": {"monitor": null}}`` turns it off for one request). A request that
-    arrives while nothing is generating waits up to ``batch_wait`` seconds for others to
-    start a batch with (see :class:`BatchWorker`)."""
+    """The app serving ``engine`` (its loaded run, on its backend); ``monitor`` watches every
+    request that does not bring its own (``{"seer": {"monitor": null}}`` turns it off for one
+    request). A request that arrives while nothing is generating waits up to ``batch_wait``
+    seconds for others to start a batch with (see :class:`BatchWorker`)."""
     service = Service(
-        explainer,
+        engine,
         model_id=model_id,
         max_batch_size=max_batch_size,
         max_queue=max_queue,

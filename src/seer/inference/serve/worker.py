@@ -73,7 +73,8 @@ class BatchWorker:
     ) -> None:
         self.engine, self.max_batch_size, self.max_queue = engine, max_batch_size, max_queue
         self.batch_wait = batch_wait
-        self.joins = True  # whether rows may join a running batch; off if the engine refuses
+        # whether rows may join a running batch; off if the engine refuses
+        self.joins = bool(getattr(engine, "joins", True))
         self.stats = Stats()
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
