@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import PROMPTS, embedded_run, tiny_vllm_run
 
 from seer.errors import SeerError
@@ -163,6 +164,27 @@ def test_a_cancelled_row_leaves_the_engine_and_the_others_go_on(engines):
     assert a[0][-1].result.tokens == b[0][-1].result.tokens
     for i in range(1, len(PROMPTS)):
         assert a[i][-1].result.tokens == b[i][-1].result.tokens
+    assert not vl.backend.readers and not vl.backend.engine.busy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engines", ["tiny"], indirect=True)
+def test_a_row_that_fails_while_generating_ends_alone_on_both_backends(engines):
+    # A vector 1e6 times the prompt's hidden-state norm passes every check before the prompt
+    # is read; the row finds it too large when its monitor fires at the prompt's end, and
+    # ends with the error, unsteered; the other rows generate as they do without it.
+    hf, vl = engines
+    hidden = hf.loaded.readout.hidden_size
+    huge = Monitor(hf.loaded.concepts[0], 1e-9, "steer", vector=torch.full((hidden,), 1e6))
+    monitors = [None, huge, None, None]
+    plain = staggered(hf)
+    for engine in (hf, vl):
+        rows = staggered(engine, monitors)
+        assert rows[1][-1].finish_reason == "error"
+        assert isinstance(rows[1][-1].result.error, SeerError)
+        assert "vector" in str(rows[1][-1].result.error)
+        for i in (0, 2, 3):
+            assert rows[i][-1].result.tokens == plain[i][-1].result.tokens
     assert not vl.backend.readers and not vl.backend.engine.busy
 
 
