@@ -34,15 +34,15 @@ from sklearn.preprocessing import StandardScaler
 
 from seer.core.represent import representations
 from seer.core.tables import read_jsonl
-from seer.evaluation.metrics import compute_prototypes, cosine_scores
 from seer.inference.explainer import Explainer
+from seer.readout import compute_prototypes, cosines
 
 VARIANTS = ("raw", "centred", "whitened", "zca", "lda", "probe")
 
 
 def accuracy(train: np.ndarray, y_train: list[str], test: np.ndarray, y_test: list[str]) -> float:
     names, prototypes = compute_prototypes(train, y_train)
-    top = cosine_scores(test, prototypes).argmax(axis=1)
+    top = cosines(test, prototypes).argmax(axis=1)
     return float(np.mean([names[i] == y for i, y in zip(top, y_test, strict=True)]))
 
 

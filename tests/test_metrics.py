@@ -6,15 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from seer.evaluation.metrics import (
-    compute_prototypes,
-    cosine_scores,
-    disentanglement,
-    l2_normalize,
-    layer_sweep,
-    ot_separation,
-    probe_accuracy,
-)
+from seer.evaluation.metrics import disentanglement, layer_sweep, ot_separation, probe_accuracy
+from seer.readout import Readout, compute_prototypes, cosines, normalize_rows
 
 S = 1 / math.sqrt(2)
 
@@ -34,8 +27,8 @@ TINY_X = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 TINY_Y = ["a", "a", "b", "b"]
 
 
-def test_l2_normalize_unit_rows_and_zero_row():
-    Xn = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+def test_normalize_rows_unit_rows_and_zero_row():
+    Xn = normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_allclose(Xn, [[0.6, 0.8], [0.0, 0.0]])
 
 
@@ -52,8 +45,8 @@ def test_prototypes_names_sorted_and_not_renormalised():
     np.testing.assert_allclose(P, [[0.0, 0.0], [0.0, 1.0]], atol=1e-7)
 
 
-def test_cosine_scores_normalises_both_sides():
-    scores = cosine_scores(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 0.0], [0.0, 0.1]]))
+def test_cosines_normalise_both_sides():
+    scores = cosines(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 0.0], [0.0, 0.1]]))
     np.testing.assert_allclose(scores, [[1.0, 0.0], [S, S]])
 
 
@@ -307,13 +300,8 @@ def test_readout_none_share_and_answered_accuracy():
         [[1.0, 0.0], [0.0, 1.0], [1.0, 1.2], [1.0, 0.1]]
     )  # cosines to best: 1, 1, .77, .99
     targets = {"calibration": np.array([0, 1, 1, 0]), "test": np.array([0, 1, 0, 0])}
-    out = readout_metrics(
-        {"calibration": X, "test": X},
-        targets,
-        ["a", "b"],
-        P,
-        {"temperature": 0.1, "threshold": 0.9},
-    )
+    readout = Readout.fitted(["a", "b"], P, {"temperature": 0.1, "threshold": 0.9})
+    out = readout_metrics({"calibration": X, "test": X}, targets, readout)
     assert out["none"]["share"] == 0.25  # the third row
     assert out["none"]["accuracy_answered"] == 1.0  # the answered three are right
     assert out["accuracy"] == 0.75 and out["temperature"] == 0.1

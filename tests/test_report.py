@@ -11,8 +11,9 @@ from conftest import held_by_another_process, tiny_llama, write_concepts, write_
 from seer.core.folders import lock_path
 from seer.errors import SeerError
 from seer.evaluation.faithfulness import orthonormal_basis, projection_kl
-from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
+from seer.evaluation.metrics import disentanglement, ot_separation
 from seer.evaluation.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
+from seer.readout import compute_prototypes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["anger", "joy", "a rather long concept name"]

@@ -18,7 +18,6 @@ from seer.core.run import load_trained
 from seer.errors import SeerError
 from seer.evaluation.faithfulness import faithfulness
 from seer.evaluation.metrics import (
-    compute_prototypes,
     disentanglement,
     layer_sweep,
     ot_separation,
@@ -33,6 +32,7 @@ from seer.evaluation.monitors import (
     readout_metrics,
 )
 from seer.evaluation.retention import generations, retention
+from seer.readout import Readout, compute_prototypes
 from seer.training.retain import general_text
 
 __all__ = ["evaluate", "retention"]
@@ -122,15 +122,15 @@ def _monitoring(
     targets = {s: np.array([index[c] for c in ys]) for s, ys in labels.items()}
     at = {s: reps["seer"][s][layer] for s in rows}
     base_at = {s: reps["base"][s][layer] for s in rows}
-    base_names, base_protos, base_fit = base_calibration(base_at, labels, fitted_on)
-    if base_names != names:
+    base_readout, base_protos = base_calibration(base_at, labels, fitted_on)
+    if base_readout.concepts != names:
         raise SeerError(f"{run.path}: the training split lacks some of the concepts {names}")
     layers = {"run": layer} if best is None else {"run": layer, "best": best}
     probes = external_probes(reps["base"], targets, names, layers, seed)
-    seer = readout_metrics(at, targets, names, run.prototypes.numpy(), run.calibration)
+    seer = readout_metrics(at, targets, Readout.from_run(run))
     return {
         "fitted_on": fitted_on,
-        "base_readout": readout_metrics(base_at, targets, names, base_protos, base_fit),
+        "base_readout": readout_metrics(base_at, targets, base_readout),
         "seer_readout": seer,
         "probes": probes,
         "comparison": compare(seer, probes, names),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seer.inference.readout import Explanation
+from seer.readout import Explanation
 
 __all__ = ["RowEvent", "RowResult"]
 

@@ -15,6 +15,7 @@ subtract its row for each position before normalising, as the README's recipe do
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = json.load(open(f"{out}/seer.json"))  # layer, positions, concepts, calibration
+    assert meta.get("readout", {"kind": "prototypes"})["kind"] == "prototypes"  # this recipe
     protos = F.normalize(load_file(f"{out}/prototypes.safetensors")["prototypes"], dim=-1)
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     seen = {}
@@ -41,6 +42,7 @@ from typing import Any
 from seer.core.folders import check_target, claim_output, replace_folder
 from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
+from seer.readout import readout_kind
 
 __all__ = ["export"]
 
@@ -66,6 +68,7 @@ def export(
     run, peft_model, tokenizer = load_trained(
         run_dir, model=model, tokenizer=tokenizer, device="cpu"
     )
+    readout_kind(run.meta, run.path)  # a readout this seer cannot read is not exported
     merged = peft_model.merge_and_unload()
     merged.config.use_cache = True  # seer loads models with it off; serving wants it on
     with claim_output(

@@ -17,7 +17,7 @@ from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
 from seer.inference.events import RowEvent, RowResult
 from seer.inference.monitor import Monitor, MonitorState
-from seer.inference.readout import NONE, Reading
+from seer.readout import NONE, Reading
 
 if TYPE_CHECKING:
     from seer.inference.explainer import Explainer
