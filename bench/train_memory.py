@@ -51,7 +51,7 @@ def _rows(path: str, repeat_to: int | None) -> tuple[list[dict], list[dict]]:
     """Concept rows (BeaverTails ``value`` as the concept) and retain rows; with ``repeat_to``
     every response is repeated until the text has at least that many tokens."""
     from seer.core.data import load_concepts
-    from seer.training.retain import instructions
+    from seer.inference.general import instructions
 
     examples = load_concepts(path, "value", "prompt", "response")
     if repeat_to:

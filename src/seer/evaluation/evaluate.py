@@ -32,8 +32,8 @@ from seer.evaluation.monitors import (
     readout_metrics,
 )
 from seer.evaluation.retention import generations, retention
+from seer.inference.general import general_text
 from seer.readout import Readout, compute_prototypes
-from seer.training.retain import general_text
 
 __all__ = ["evaluate", "retention"]
 

@@ -23,12 +23,13 @@ from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, 
 from seer.core.splits import split_three
 from seer.core.tables import read_jsonl, write_jsonl
 from seer.errors import SeerError
+from seer.inference.general import general_text
 from seer.readout import FittedReadout, fit_readout, record
 from seer.training.build import build_trainer, default_layer, refuse_fsdp, resolve_layer
 from seer.training.checkpoints import resumable_checkpoint
 from seer.training.config import TrainConfig
 from seer.training.pairs import schedule_length
-from seer.training.retain import general_text, load_retain
+from seer.training.retain import load_retain
 from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
