@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seer.commands.monitor import MonitorOptions
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.errors import SeerError
+from seer.inference.monitor_options import MonitorOptions
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 

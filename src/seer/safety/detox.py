@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seer.core.data import load_prompts
 from seer.core.files import write_text_atomic
@@ -30,11 +30,9 @@ from seer.core.folders import hold_lock
 from seer.errors import SeerError
 from seer.inference.explainer import Explainer, Generation, Monitor
 from seer.safety.baseline import base_settings, reusable_base
+from seer.safety.config import DetoxConfig
 from seer.safety.judge import HarmJudge, check_judge_data, train_judge
 from seer.safety.scoring import Evaluation, stop_variant
-
-if TYPE_CHECKING:
-    from seer.commands.detox_eval import DetoxConfig
 
 __all__ = ["detox_eval", "read_prompts"]
 

@@ -7,10 +7,10 @@ Defaults reproduce the SEER paper unless a field's help says otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from functools import partial
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from seer.core.fields import option
 from seer.core.formatting import POSITIONS
 from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import SeerError
@@ -43,10 +43,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, tuple, dict)):
-        return field(default_factory=partial(type(default), default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+_f = option  # every field below: a default and its help
 
 
 @dataclass
