@@ -78,7 +78,7 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
 
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
     from seer.training import train as train_module
     from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
@@ -179,7 +179,7 @@ def _step(trainer, batch: dict, autocast: bool) -> float:
 
 def _flops(trainer, batch: dict) -> float:
     """Model FLOPs of seer's step on real tokens (see the module docstring)."""
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     model, layer = trainer.model, trainer.layer
     blocks = get_layers(model)
@@ -208,7 +208,7 @@ def _estimate(trainer) -> float | None:
         from seer.training.build import plan_memory
     except ImportError:
         return None
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     cfg, n_layers = trainer.seer_config, len(get_layers(trainer.model))
     modules = len(cfg.target_modules)  # SmolLM2 has all seven

@@ -27,9 +27,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from seer.core import losses
+from seer.core.architecture import get_layers
 from seer.core.data import load_concepts
 from seer.core.formatting import Encoded, pad_batch
-from seer.core.layers import capture_layers, get_layers
+from seer.core.layers import capture_layers
 from seer.core.models import load_model
 from seer.core.represent import gather_positions
 from seer.inference.general import instructions

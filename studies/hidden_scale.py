@@ -17,9 +17,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from seer.core.architecture import get_layers
 from seer.core.data import load_concepts
 from seer.core.formatting import encode, pad_batch
-from seer.core.layers import capture_layers, get_layers, run_until
+from seer.core.layers import capture_layers, run_until
 from seer.core.models import load_model
 from seer.training.build import default_layer
 

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
 
 from seer.core import losses
-from seer.core.layers import capture_layers, get_layers
+from seer.core.architecture import get_layers
+from seer.core.layers import capture_layers
 from seer.training.config import TrainConfig
 from seer.training.train import train
 

@@ -170,7 +170,7 @@ def _check_meta(meta_file: Path, meta: dict[str, Any], prototypes: torch.Tensor)
 
 def check_layer(run: Run, model: torch.nn.Module) -> None:
     """The run's layer exists in ``model`` (a damaged seer.json can name any block)."""
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     n_layers = len(get_layers(model, run.config.get("layers_path")))
     if not run.layer < n_layers:

@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
-from transformers.pytorch_utils import Conv1D
 
+from seer.core.architecture import DEFAULT_TARGET_MODULES, get_layers, linear_names
 from seer.core.formatting import warn_truncated
-from seer.core.layers import get_layers
 from seer.core.memory import (
     FREE_SHARE,
     GIB,
@@ -33,7 +32,7 @@ from seer.core.memory import (
 )
 from seer.core.precision import choose_bf16
 from seer.errors import SeerError
-from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
+from seer.training.config import TrainConfig
 from seer.training.health import HealthCallback, chance_loss, probe_steps
 from seer.training.pairs import (
     LENGTH_WINDOW,
@@ -71,11 +70,7 @@ def learning_rate(config: TrainConfig, model: torch.nn.Module) -> float:
 
 
 def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, mod in model.named_modules()
-        if isinstance(mod, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2's linear layers
-    }
+    names = linear_names(model)
     found = [t for t in wanted if t in names]
     if not found:
         raise SeerError(

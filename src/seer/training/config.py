@@ -10,22 +10,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from seer.core.architecture import DEFAULT_TARGET_MODULES
 from seer.core.fields import option
 from seer.core.formatting import POSITIONS
 from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import SeerError
 
-__all__ = ["DEFAULT_TARGET_MODULES", "TRAINER_FIELDS", "TrainConfig"]
-
-DEFAULT_TARGET_MODULES = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+__all__ = ["TRAINER_FIELDS", "TrainConfig"]
 
 # TrainConfig fields that are TrainingArguments fields of the same name and meaning.
 TRAINER_FIELDS = (

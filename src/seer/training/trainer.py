@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, SequentialSampler
 from transformers import Trainer
 
 from seer.core import losses, normalise
+from seer.core.architecture import logit_softcap
 from seer.core.layers import capture_layers, run_until
 from seer.core.memory import set_checkpointing
 from seer.core.represent import normalise_states, pick_positions
@@ -153,7 +154,7 @@ class SeerTrainer(Trainer):
     def _kl(self, model: Any, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         hf = model.get_base_model()
         head = hf.get_output_embeddings()
-        cap = getattr(hf.config, "final_logit_softcapping", None)
+        cap = logit_softcap(hf.config)
         return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
     def _representations(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
