@@ -3,7 +3,7 @@ the mean state over the user's message and the reply (``--positions mean``), at 
 blocks, on one dataset's seeded split, with no training.
 
 For each read span and block it prints the held-out accuracy of nearest-prototype reading
-(seer's readout: cosine to each concept's mean normalised training state) and of an external
+(seer's readout: cosine to each concept's mean normalized training state) and of an external
 logistic-regression probe on the same states. The split is the one ``seer train`` makes with
 the same ``--max-per-concept``, fractions and seed (prototypes and probe from the training
 part only). One forward pass per batch serves every block and span.

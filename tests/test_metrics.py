@@ -39,13 +39,13 @@ def test_prototypes_tiny_case():
     np.testing.assert_allclose(P, [[1.0, 0.0], [S / 2, (1 + S) / 2]], rtol=1e-6)
 
 
-def test_prototypes_names_sorted_and_not_renormalised():
+def test_prototypes_names_sorted_and_not_renormalized():
     names, P = compute_prototypes(np.array([[0.0, 5.0], [1.0, 0.0], [-1.0, 0.0]]), ["z", "m", "m"])
     assert names == ["m", "z"]
     np.testing.assert_allclose(P, [[0.0, 0.0], [0.0, 1.0]], atol=1e-7)
 
 
-def test_cosines_normalise_both_sides():
+def test_cosines_normalize_both_sides():
     scores = cosines(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 0.0], [0.0, 0.1]]))
     np.testing.assert_allclose(scores, [[1.0, 0.0], [S, S]])
 

@@ -1,4 +1,4 @@
-"""The readout (pure): one row normalisation and cosine for arrays and tensors, calibrated
+"""The readout (pure): one row normalization and cosine for arrays and tensors, calibrated
 probabilities, `none` below the threshold, the position layout, the steering direction."""
 
 import numpy as np

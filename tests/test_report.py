@@ -179,7 +179,7 @@ def test_evaluate_writes_monitoring_metrics_and_figures(tiny_run, tokenizer):
     assert len(mon["seer_readout"]["none"]["selective"]["coverage"]) == m["run"]["n_test"]
     for model in ("base", "seer"):
         f = m["faithfulness"][model]
-        assert f["span"]["dimension"] == 3 and f["centred"]["dimension"] == 2
+        assert f["span"]["dimension"] == 3 and f["centered"]["dimension"] == 2
         assert len(f["span"]["kl_random"]) == 2 and f["span"]["kl_prototypes"] > 0
     eval_dir = tiny_run / "eval"
     assert_png(eval_dir / "reliability.png")
@@ -222,3 +222,15 @@ def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokeniz
     # every sentence names the split the thresholds came from: never a calibration split
     assert "set on the calibration split" not in text and "best calibration AUROC" not in text
     assert "FPR thresholds set on test (no calibration split)" in text
+
+
+def test_an_old_metrics_file_spelling_centred_still_reports_its_faithfulness():
+    """metrics.json files written before seer settled on 'centered' keep their row."""
+    from seer.evaluation import monitor_report
+
+    variant = {"dimension": 2, "kl_prototypes": 0.5, "kl_random_mean": 0.1}
+    variant |= {"kl_random_std": 0.01, "ratio": 5.0}
+    common = {"layer": 1, "n_texts": 4, "n_draws": 2}
+    old = monitor_report._faithfulness({"seer": {"centred": variant, **common}})
+    new = monitor_report._faithfulness({"seer": {"centered": variant, **common}})
+    assert old == new and any("| SEER | centered | 2 |" in line for line in new)

@@ -3,9 +3,9 @@
     DIR/seer.json               format version, config, layer, positions, concepts,
                                 base-model fingerprint, calibration, training summary
     DIR/adapter/                the PEFT adapter (loads with plain ``PeftModel.from_pretrained``)
-    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalised representation per concept;
+    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalized representation per concept;
                                 ``center`` [P, H] (runs with --representation centered only):
-                                subtracted from the states at the read positions before normalising
+                                subtracted from the states at the read positions before normalizing
     DIR/split/{train,test}.jsonl  the exact split, so evaluation never sees training rows
     DIR/retain.jsonl            the general text used by the retain loss
 

@@ -8,7 +8,7 @@ subspace is the span of the concept prototypes, against random subspaces of the 
 dimension (several seeded draws: mean and spread). ``ratio = KL_prototypes / mean KL_random``:
 well above 1 means the model relies on the readout's directions more than on arbitrary ones.
 Two variants: ``span`` (the prototypes themselves, K dimensions, which include the direction
-every text shares) and ``centred`` (the prototypes minus their mean, K-1 dimensions: only
+every text shares) and ``centered`` (the prototypes minus their mean, K-1 dimensions: only
 what tells concepts apart).
 """
 
@@ -103,7 +103,7 @@ def faithfulness(
     """Prototype-span vs random-subspace projection KL at ``layer`` (see the module doc)."""
     hidden = int(model.config.hidden_size)
     directions = _prototype_rows(prototypes, hidden)
-    variants = {"span": directions, "centred": directions - directions.mean(0, keepdims=True)}
+    variants = {"span": directions, "centered": directions - directions.mean(0, keepdims=True)}
     rng = np.random.default_rng(seed)
     bases: dict[str, np.ndarray] = {}
     dims = {}

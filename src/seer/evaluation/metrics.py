@@ -2,7 +2,7 @@
 
 Every function takes raw hidden states ``X`` of shape ``[n, d]`` and a sequence of concept
 names, and returns plain Python types (``float``, ``int``, ``str``, ``list``, ``dict``) so the
-results can be written with ``json.dump``. Cosine-based quantities L2-normalise rows inside.
+results can be written with ``json.dump``. Cosine-based quantities L2-normalize rows inside.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def disentanglement(
     """Score how well ``X`` separates by concept, given prototypes ``P`` for ``names``.
 
     ``prototype_accuracy`` classifies each row by its nearest prototype (cosine; ties go to
-    the earlier name). ``silhouette`` (cosine) and ``davies_bouldin`` (on L2-normalised rows)
+    the earlier name). ``silhouette`` (cosine) and ``davies_bouldin`` (on L2-normalized rows)
     are ``nan`` when fewer than two concepts are present or there are no more rows than
     concepts. ``intra_cos`` is the mean over concepts of the mean cosine between different
     items of a concept; ``inter_cos`` the mean cosine over all pairs from different concepts.
@@ -143,7 +143,7 @@ def _ratio(w: float, spread: float) -> float:
 def ot_separation(
     X: np.ndarray, labels: Sequence[str], max_per_concept: int = 200, seed: int = 0
 ) -> dict:
-    """Optimal-transport separation between concepts, on L2-normalised rows.
+    """Optimal-transport separation between concepts, on L2-normalized rows.
 
     For each concept ``k`` its spread ``s_k`` is the root mean squared euclidean distance of
     its points to their mean. For each unordered pair ``(a, b)`` the 2-Wasserstein distance

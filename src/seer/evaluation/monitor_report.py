@@ -128,11 +128,16 @@ def _none(monitoring: Mapping) -> list[str]:
     return ["### The `none` answer (test)", ""] + _table(header, rows)
 
 
+#: Keys an ``eval/metrics.json`` written before seer settled on one spelling may hold instead.
+OLD_SPELLING = {"centered": "centred"}
+
+
 def _faithfulness(faith: Mapping) -> list[str]:
     rows = []
     for model, label in (("base", "base"), ("seer", "SEER")):
-        for variant in ("span", "centred"):
-            v = (faith.get(model) or {}).get(variant)
+        for variant in ("span", "centered"):
+            found = faith.get(model) or {}
+            v = found.get(variant) or found.get(OLD_SPELLING.get(variant, variant))
             if v:
                 rows.append(
                     [
@@ -151,7 +156,7 @@ def _faithfulness(faith: Mapping) -> list[str]:
         f"Block {some['layer']} output projected off a subspace at every position, on "
         f"{some['n_texts']} test texts; KL(clean || projected) in nats/token; random: "
         f"{some['n_draws']} seeded draws of the same dimension (mean ± std). span: the "
-        "prototypes; centred: the prototypes minus their mean."
+        "prototypes; centered: the prototypes minus their mean."
     )
     header = ["model", "subspace", "dim", "KL prototypes", "KL random", "ratio"]
     return ["## Causal faithfulness", "", intro, ""] + _table(header, rows)

@@ -17,7 +17,7 @@ Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 
 def normalize_rows(x: Rows) -> Rows:
     """Every row scaled to unit L2 norm (zero rows stay zero): tensors in float32, arrays in
-    float64. The one row normalisation of seer's cosines."""
+    float64. The one row normalization of seer's cosines."""
     if isinstance(x, torch.Tensor):
         return F.normalize(x.float(), dim=-1)
     return F.normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), dim=-1).numpy()
@@ -50,9 +50,9 @@ def check_rows(X: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.nda
 
 
 def compute_prototypes(X: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Concept prototypes: the mean of the L2-normalised rows of each concept.
+    """Concept prototypes: the mean of the L2-normalized rows of each concept.
 
-    Returns ``(names, P)`` with ``names`` sorted and ``P[k]`` (float32, not renormalised) the
+    Returns ``(names, P)`` with ``names`` sorted and ``P[k]`` (float32, not renormalized) the
     prototype of ``names[k]``.
     """
     X, y = check_rows(X, labels)

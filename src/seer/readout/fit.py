@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from seer.core.normalise import state_mean
+from seer.core.normalize import state_mean
 from seer.core.represent import from_raw, representations
 from seer.readout.calibration import calibrate
 from seer.readout.cosine import compute_prototypes

@@ -70,10 +70,10 @@ class Readout:
     ) -> None:
         self.concepts = list(concepts)
         self.positions = tuple(positions)
-        # as given, for reading arrays in float64 (evaluation): normalised after the cast
+        # as given, for reading arrays in float64 (evaluation): normalized after the cast
         self._given = prototypes.detach().cpu().double().numpy()
         self.prototypes = normalize_rows(prototypes)  # [K, D] float32, unit rows
-        # [P, H] subtracted from each position's state before normalising (runs trained with
+        # [P, H] subtracted from each position's state before normalizing (runs trained with
         # --representation centered); None: the raw representation
         self.center = None if center is None else center.float()
         self.temperature, self.threshold = float(temperature), float(threshold)
@@ -131,7 +131,7 @@ class Readout:
         """Representations ``[n, D]``: 'last' := each row of ``tokens`` ``[n, H]``, 'user_end'
         := ``user_end`` (``[H]`` or ``[n, H]``), 'mean' := each row of ``mean`` ``[n, H]`` (the
         mean state of the span read so far); each minus the run's center (if it has one),
-        normalised, concatenated in the run's position order and divided by
+        normalized, concatenated in the run's position order and divided by
         ``sqrt(#positions)`` (unit norm, as in training)."""
         if "mean" in self.positions and mean is None:
             raise ValueError("this run reads the 'mean' span: pass its mean states")
@@ -151,7 +151,7 @@ class Readout:
 
     def read_array(self, X: np.ndarray) -> Reading:
         """The reading of representation rows ``[n, D]`` held as an array, in float64 (the
-        prototypes as given, normalised in float64): the figures of ``seer evaluate``."""
+        prototypes as given, normalized in float64): the figures of ``seer evaluate``."""
         return self._reading(cosines(np.asarray(X, dtype=np.float64), self._given))
 
     def _reading(self, cos: np.ndarray) -> Reading:

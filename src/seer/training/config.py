@@ -13,7 +13,7 @@ from typing import Any, Literal
 from seer.core.architecture import DEFAULT_TARGET_MODULES
 from seer.core.fields import option
 from seer.core.formatting import POSITIONS
-from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
+from seer.core.normalize import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import SeerError
 
 __all__ = ["TRAINER_FIELDS", "TrainConfig"]
