@@ -198,7 +198,7 @@ def test_layer_sweep_mismatched_layers_raise():
 
 # --- monitoring metrics: synthetic scores with known answers ----------------------------------
 
-from seer.evaluation.monitoring import (  # noqa: E402
+from seer.evaluation.detection import (  # noqa: E402
     detection,
     expected_calibration_error,
     fpr_threshold,
@@ -207,7 +207,7 @@ from seer.evaluation.monitoring import (  # noqa: E402
     roc_auc,
     selective_curve,
 )
-from seer.evaluation.monitors import MATCH_TOLERANCE, compare, readout_metrics  # noqa: E402
+from seer.evaluation.versus_probes import MATCH_TOLERANCE, compare, readout_metrics  # noqa: E402
 
 
 def _two_class(confidences, correct):

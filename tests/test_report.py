@@ -226,11 +226,11 @@ def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokeniz
 
 def test_an_old_metrics_file_spelling_centred_still_reports_its_faithfulness():
     """metrics.json files written before seer settled on 'centered' keep their row."""
-    from seer.evaluation import monitor_report
+    from seer.evaluation import detection_report
 
     variant = {"dimension": 2, "kl_prototypes": 0.5, "kl_random_mean": 0.1}
     variant |= {"kl_random_std": 0.01, "ratio": 5.0}
     common = {"layer": 1, "n_texts": 4, "n_draws": 2}
-    old = monitor_report._faithfulness({"seer": {"centred": variant, **common}})
-    new = monitor_report._faithfulness({"seer": {"centered": variant, **common}})
+    old = detection_report._faithfulness({"seer": {"centred": variant, **common}})
+    new = detection_report._faithfulness({"seer": {"centered": variant, **common}})
     assert old == new and any("| SEER | centered | 2 |" in line for line in new)

@@ -16,6 +16,7 @@ from seer.core.folders import hold_lock
 from seer.core.represent import estimate_center, representations
 from seer.core.run import load_trained
 from seer.errors import SeerError
+from seer.evaluation.detection_report import monitoring_figures
 from seer.evaluation.faithfulness import faithfulness
 from seer.evaluation.metrics import (
     disentanglement,
@@ -23,15 +24,14 @@ from seer.evaluation.metrics import (
     ot_separation,
     probe_accuracy,
 )
-from seer.evaluation.monitor_report import monitoring_figures
-from seer.evaluation.monitors import (
+from seer.evaluation.retention import generations, retention
+from seer.evaluation.versus_probes import (
     base_calibration,
     best_layer,
     compare,
     external_probes,
     readout_metrics,
 )
-from seer.evaluation.retention import generations, retention
 from seer.inference.general import general_text
 from seer.readout import Readout, compute_prototypes
 

@@ -1,5 +1,6 @@
-"""The monitoring part of the report: tables for ``metrics["monitoring"]`` and
-``metrics["faithfulness"]``, a reliability diagram and a selective-prediction figure."""
+"""The detection part of the report (how well the readout and the probes would monitor):
+tables for ``metrics["monitoring"]`` and ``metrics["faithfulness"]``, a reliability diagram
+and a selective-prediction figure."""
 
 from __future__ import annotations
 

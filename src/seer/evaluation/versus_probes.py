@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from seer.evaluation.monitoring import probability_metrics, selective_curve
+from seer.evaluation.detection import probability_metrics, selective_curve
 from seer.evaluation.probes import PROBES, probe_metrics
 from seer.readout import NONE, Readout, calibrate, compute_prototypes, cosines
 
