@@ -67,7 +67,7 @@ def _trainer(config, model, tokenizer, rows, retain, output_dir: str):
     """The trainer as ``seer train`` builds it, in whichever version of the code is imported."""
     try:
         from seer.training.train import build_trainer
-    except ImportError:  # the code before issue 15 assembled it inside train()
+    except ImportError:  # older seer assembled it inside train()
         return _trainer_before(config, model, tokenizer, rows, retain, output_dir)
     return build_trainer(config, model, tokenizer, rows, retain, output_dir=output_dir)
 
@@ -153,7 +153,7 @@ def _setup(
     config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
-    # Trainer.train() sets this per update; the code before issue 15 needs it for a lone step
+    # Trainer.train() sets this per update; older seer needs it for a lone step
     trainer.current_gradient_accumulation_steps = 1
     return trainer, batch_size
 

@@ -1,6 +1,6 @@
 """The units of a model's hidden states, and how much of its representation every text shares.
 
-What issue 19's defaults must not depend on, measured on one model and data set: per decoder
+What seer's readout defaults must not depend on, measured on one model and data set: per decoder
 block, the mean and median hidden-state norm over real tokens and the first token's norm
 ("massive activations"); and at the target block, the mean cosine between the read
 representations of different texts, raw and centered (minus their mean), which is what a

@@ -235,7 +235,7 @@ def _grads(trainer, batch) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # issue 19's options
+CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # the unit-free forms
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def _representations(
     for name in ("base", "seer"):
         ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
         with ctx:
-            # issue 19: a centered run's readout, the base model read around its own mean
+            # a centered run's readout: the base model is read around its own mean
             center = run.center
             if center is not None and name == "base":
                 center = estimate_center(peft_model, tokenizer, rows["train"], layer, **kw)

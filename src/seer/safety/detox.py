@@ -45,7 +45,7 @@ def read_prompts(
     """The ``prompt`` column of a CSV/JSONL, optionally a seeded subset of ``limit`` rows
     (``option``: how the user names the file, for the error messages)."""
     if not Path(path).is_file():
-        raise SeerError(f"{path} does not exist; pass {option} (see ../shared/data/README.md)")
+        raise SeerError(f"{path} does not exist; pass {option} with the path of that CSV file")
     if limit is not None and limit < 1:
         raise SeerError(f"limit is a number of prompts, at least 1, got {limit}")
     prompts = load_prompts(str(path))

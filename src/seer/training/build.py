@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 def default_layer(n_layers: int) -> int:
     """The block at 0.8 of the depth, ``floor(0.8 n)`` (at most the last): block 24 of
     SmolLM2's 30, 25 of a 32-block model (the paper's block for Llama-3.1-8B). Chosen by the
-    issue-19 study on BeaverTails-6 and MATH-7 (README, "Layer")."""
+    layer study on BeaverTails-6 and MATH-7 (README, "Layer")."""
     return min(n_layers - 1, (4 * n_layers) // 5)
 
 
@@ -258,7 +258,7 @@ def schedule(config: TrainConfig, train_rows: Sequence[dict], n_retain: int) -> 
 
 
 def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
-    """The steps whose loss parts' gradient shares the health check reads (issue 19)."""
+    """The steps whose loss parts' gradient shares the health check reads."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = config.batch_size * world * (config.gradient_accumulation_steps or 1)
     return probe_steps(n_pairs // per_step, config.health_check_at, config.warmup_steps)

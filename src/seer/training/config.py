@@ -93,7 +93,7 @@ class TrainConfig:
         "default: why, in docs/training.md)",
     )
     temperature: float = _f(0.1, "contrastive temperature tau")
-    # issue 19: both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
+    # Both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
     representation: Literal["raw", "centered"] = _f(
         "raw",
         "'raw': the cosine of the hidden states as they are (the paper); 'centered': of the "
@@ -259,7 +259,7 @@ class TrainConfig:
             raise SeerError(f"--layer must be >= 0 (0 is the first block), got {self.layer}")
 
     def _check_forms(self) -> None:
-        """``representation``, ``retain_l2_form`` and ``health_check_at`` (issue 19)."""
+        """``representation``, ``retain_l2_form`` and ``health_check_at``."""
         if self.representation not in REPRESENTATIONS:
             raise SeerError(
                 f"--representation must be one of {REPRESENTATIONS}, got {self.representation!r}"

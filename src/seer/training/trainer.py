@@ -17,7 +17,7 @@ With ``micro_batch_size`` below the batch, the step is done by gradient caching
 
 The passes return the raw states at the read positions; :meth:`SeerTrainer._contrastive` makes
 them representations, for ``--representation centered`` around the mean state of the whole
-contrastive batch (every micro-batch of it; issue 19, :mod:`seer.core.normalize`).
+contrastive batch (every micro-batch of it; :mod:`seer.core.normalize`).
 """
 
 # One Trainer subclass, kept whole (about 380 lines) so a step reads top to bottom.
@@ -92,7 +92,7 @@ class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
     caching, the DDP gradient average), ``log`` and the sampler."""
 
-    health: HealthCallback  # set by build_trainer: the training-health check (issue 19)
+    health: HealthCallback  # set by build_trainer: the training-health check
 
     def __init__(
         self,
@@ -104,7 +104,7 @@ class SeerTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
-        # issue 19: the 0-based steps at which each loss part's share of the gradient is
+        # The 0-based steps at which each loss part's share of the gradient is
         # measured for the health check (steps done at once, not by gradient caching).
         self.gradient_probe_steps = gradient_probe_steps
         self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
@@ -362,7 +362,7 @@ class SeerTrainer(Trainer):
         return (loss, {"z1": z1, "z2": z2}) if return_outputs else loss
 
     def _probe_gradients(self, parts: dict[str, torch.Tensor], model: nn.Module) -> None:
-        """Each weighted loss part's share of the gradient, for the health check (issue 19)."""
+        """Each weighted loss part's share of the gradient, for the health check."""
         cfg = self.seer_config
         weights = {"contrastive": cfg.contrastive_weight, "retain_l2": cfg.retain_l2_weight}
         weighted = {k: weights.get(k, cfg.kl_weight) * v for k, v in parts.items()}
