@@ -7,11 +7,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seer.core.fields import option
 from seer.errors import SeerError
 from seer.inference.monitor_options import MonitorOptions
+
+if TYPE_CHECKING:
+    from seer.inference.monitor import Monitor
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 
@@ -57,7 +60,7 @@ class ServeConfig:
             )
         self.monitor.check_single("seer serve")
 
-    def default_monitor(self) -> Any:
+    def default_monitor(self) -> Monitor | None:
         """The server-wide :class:`Monitor` (``None`` without ``--monitor``)."""
         return self.monitor.single()
 

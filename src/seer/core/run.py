@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core import strict_json
 from seer.core.folders import check_target, partial_path, replace_folder
@@ -219,7 +220,11 @@ def finalize(partial: Path, output: str | Path) -> Path:
 
 
 def load_trained(
-    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+    path: str | Path,
+    *,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | None = None,
 ) -> tuple[Run, Any, Any]:
     """Load a run folder: ``(run, peft_model, tokenizer)``, checking the base model's fingerprint.
 
@@ -269,7 +274,11 @@ def _check_adapter(folder: Path) -> None:
 
 
 def load_run_model(
-    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+    path: str | Path,
+    *,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | None = None,
 ) -> tuple[Run, Any, Any]:
     """A run folder (base model + adapter) or an export (a merged model folder):
     ``(run, model, tokenizer)``."""

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core import strict_json
 from seer.core.folders import hold_lock
 from seer.core.represent import estimate_center, representations
-from seer.core.run import load_trained
+from seer.core.run import Run, load_trained
 from seer.errors import SeerError
 from seer.evaluation.detection_report import monitoring_figures
 from seer.evaluation.faithfulness import faithfulness
@@ -55,7 +57,7 @@ def _scores(
     return out
 
 
-def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
+def run_splits(run: Run) -> tuple[dict[str, list[dict]], bool]:
     """The run's ``train`` / ``calibration`` / ``test`` rows, and whether it has a calibration
     split. A run trained before the three-way split has none: its test rows stand in (the
     figures are then fitted and reported on the same rows, and labelled so)."""
@@ -72,12 +74,12 @@ def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
 
 
 def _representations(
-    peft_model: Any,
-    tokenizer: Any,
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: dict[str, list[dict]],
     layers: list[int],
     progress: bool,
-    run: Any,
+    run: Run,
     **kw: Any,
 ) -> dict:
     reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
@@ -107,7 +109,7 @@ def _representations(
 
 
 def _monitoring(
-    run: Any,
+    run: Run,
     reps: dict,
     rows: dict[str, list[dict]],
     layer: int,
@@ -138,7 +140,7 @@ def _monitoring(
     }
 
 
-def _cluster_scores(run: Any, reps: dict, y: dict[str, list[str]], seed: int) -> dict:
+def _cluster_scores(run: Run, reps: dict, y: dict[str, list[str]], seed: int) -> dict:
     """Prototype accuracy, disentanglement, probe accuracy and OT separation at the run's
     layer: base (its own prototypes from train) and SEER (the run's prototypes)."""
     layer = run.layer
@@ -156,7 +158,7 @@ def _cluster_scores(run: Any, reps: dict, y: dict[str, list[str]], seed: int) ->
     }
 
 
-def _run_summary(run: Any, rows: dict[str, list[dict]], has_calibration: bool) -> dict:
+def _run_summary(run: Run, rows: dict[str, list[dict]], has_calibration: bool) -> dict:
     return {
         "path": str(run.path),
         "layer": run.layer,
@@ -180,8 +182,8 @@ def evaluate(
     progress: bool = True,
     faithfulness_texts: int = 64,
     faithfulness_draws: int = 4,
-    model: Any = None,
-    tokenizer: Any = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Evaluate a run; writes ``DIR/eval/metrics.json`` (and a report) and returns the metrics.
 
@@ -241,9 +243,9 @@ def evaluate(
 
 
 def _faithfulness(
-    peft_model: Any,
-    tokenizer: Any,
-    run: Any,
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    run: Run,
     test_rows: list[dict],
     base_protos: np.ndarray,
     n_texts: int,

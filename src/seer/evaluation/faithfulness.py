@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import add_to_layer
@@ -46,8 +48,8 @@ def _prototype_rows(prototypes: np.ndarray, hidden_size: int) -> np.ndarray:
 
 @torch.no_grad()
 def projection_kl(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[dict],
     layer: int,
     bases: dict[str, np.ndarray],
@@ -90,8 +92,8 @@ def projection_kl(
 
 
 def faithfulness(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[dict],
     layer: int,
     prototypes: np.ndarray,

@@ -37,7 +37,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core.folders import check_target, claim_output, replace_folder
 from seer.core.run import load_trained, read_run
@@ -54,8 +55,8 @@ def export(
     out_dir: str | Path,
     overwrite: bool = False,
     *,
-    model: Any = None,
-    tokenizer: Any = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Merge the run's LoRA adapter into its base model (float32, on the CPU) and write
     ``out_dir``: ``save_pretrained`` model and tokenizer, plus ``seer.json`` and

@@ -56,7 +56,7 @@ def read_prompts(
     return prompts
 
 
-def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> Any:
+def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> HarmJudge:
     """The harm judge trained on ``judge_data`` minus ``exclude``; cached in ``cache`` (next
     to it, ``<cache>.key`` says which data it was trained on: other data retrains it)."""
     digest = hashlib.sha256(Path(judge_data).read_bytes())
