@@ -11,11 +11,14 @@ import math
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from seer.commands.monitor import MonitorOptions
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.errors import SeerError
+from seer.inference.monitor_options import MonitorOptions
+
+if TYPE_CHECKING:
+    from seer.inference.monitor import Monitor
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 
@@ -76,7 +79,7 @@ class ServeConfig:
             )
         self.monitor.check_single("seer serve")
 
-    def default_monitor(self) -> Any:
+    def default_monitor(self) -> Monitor | None:
         """The server-wide :class:`Monitor` (``None`` without ``--monitor``)."""
         return self.monitor.single()
 

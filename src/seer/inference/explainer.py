@@ -27,7 +27,7 @@ from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
 from seer.inference.engine import Engine, RowResult
 from seer.inference.monitor import Monitor
-from seer.inference.readout import Explanation, Readout
+from seer.readout import Explanation, Readout
 
 __all__ = [
     "MAX_NEW_TOKENS",

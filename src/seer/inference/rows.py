@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from seer.core.architecture import cache_kwarg
 from seer.core.formatting import content_start, encode
 from seer.core.layers import add_to_layer, capture_layers, run_until
 from seer.errors import SeerError
 from seer.inference.cache import KV, new_cache
-from seer.inference.decoding import Greedy, TextStream, cache_kwarg, forward, left_pad
+from seer.inference.decoding import Greedy, TextStream, forward, left_pad
 from seer.inference.events import RowEvent, RowResult
 from seer.inference.monitor import MAX_STEER, Monitor, MonitorState
-from seer.inference.readout import NONE, Reading
+from seer.readout import NONE, Reading
 
 if TYPE_CHECKING:
     from seer.inference.explainer import Explainer

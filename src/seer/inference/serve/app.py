@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from seer.core.formatting import prompt_ids
 from seer.core.models import context_length
 from seer.inference.engine import Engine
-from seer.inference.explainer import MAX_NEW_TOKENS
+from seer.inference.explainer import MAX_NEW_TOKENS, Explainer
 from seer.inference.monitor import Monitor
 from seer.inference.serve import responses as R
 from seer.inference.serve.errors import ApiError, error_body
@@ -69,7 +69,7 @@ class Service:
 
     def __init__(
         self,
-        explainer: Any,
+        explainer: Explainer,
         *,
         model_id: str,
         max_batch_size: int,
@@ -164,7 +164,7 @@ class Service:
 
 
 def create_app(
-    explainer: Any,
+    explainer: Explainer,
     *,
     model_id: str = "seer",
     max_batch_size: int = 8,
