@@ -51,7 +51,7 @@ def _rows(path: str, repeat_to: int | None) -> tuple[list[dict], list[dict]]:
     """Concept rows (BeaverTails ``value`` as the concept) and retain rows; with ``repeat_to``
     every response is repeated until the text has at least that many tokens."""
     from seer.core.data import load_concepts
-    from seer.training.retain import instructions
+    from seer.inference.general import instructions
 
     examples = load_concepts(path, "value", "prompt", "response")
     if repeat_to:
@@ -67,7 +67,7 @@ def _trainer(config, model, tokenizer, rows, retain, output_dir: str):
     """The trainer as ``seer train`` builds it, in whichever version of the code is imported."""
     try:
         from seer.training.train import build_trainer
-    except ImportError:  # the code before issue 15 assembled it inside train()
+    except ImportError:  # older seer assembled it inside train()
         return _trainer_before(config, model, tokenizer, rows, retain, output_dir)
     return build_trainer(config, model, tokenizer, rows, retain, output_dir=output_dir)
 
@@ -78,7 +78,7 @@ def _trainer_before(config, model, tokenizer, rows, retain, output_dir: str):
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
 
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
     from seer.training import train as train_module
     from seer.training.trainer import PairCollator, PairDataset, SeerTrainer, build_pairs
 
@@ -153,7 +153,7 @@ def _setup(
     config = TrainConfig(max_length=max_length, batch_size=batch_size, epochs=1.0, **extra)
     trainer = _trainer(config, model, tokenizer, rows, retain, tempfile.mkdtemp(prefix="seer-"))
     trainer.create_optimizer()
-    # Trainer.train() sets this per update; the code before issue 15 needs it for a lone step
+    # Trainer.train() sets this per update; older seer needs it for a lone step
     trainer.current_gradient_accumulation_steps = 1
     return trainer, batch_size
 
@@ -179,7 +179,7 @@ def _step(trainer, batch: dict, autocast: bool) -> float:
 
 def _flops(trainer, batch: dict) -> float:
     """Model FLOPs of seer's step on real tokens (see the module docstring)."""
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     model, layer = trainer.model, trainer.layer
     blocks = get_layers(model)
@@ -208,7 +208,7 @@ def _estimate(trainer) -> float | None:
         from seer.training.build import plan_memory
     except ImportError:
         return None
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     cfg, n_layers = trainer.seer_config, len(get_layers(trainer.model))
     modules = len(cfg.target_modules)  # SmolLM2 has all seven

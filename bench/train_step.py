@@ -27,14 +27,15 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from seer.core import losses
+from seer.core.architecture import get_layers
 from seer.core.data import load_concepts
 from seer.core.formatting import Encoded, pad_batch
-from seer.core.layers import capture_layers, get_layers
+from seer.core.layers import capture_layers
 from seer.core.models import load_model
 from seer.core.represent import gather_positions
+from seer.inference.general import instructions
 from seer.training.build import build_trainer, default_layer
 from seer.training.config import TrainConfig
-from seer.training.retain import instructions
 
 PARTS = ("contrastive", "retain_l2", "kl")
 KEYS = ("view1", "view2", "retain")

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from read_spans import data_arguments, load_split  # studies/, beside this script
 
+from seer.core.architecture import get_layers
 from seer.core.formatting import encode, pad_batch
-from seer.core.layers import capture_layers, get_layers, run_until
+from seer.core.layers import capture_layers, run_until
 from seer.core.models import load_model
 from seer.core.represent import pick_positions
 from seer.training.build import add_lora, default_layer, learning_rate, lora_targets

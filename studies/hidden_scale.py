@@ -1,9 +1,9 @@
 """The units of a model's hidden states, and how much of its representation every text shares.
 
-What issue 19's defaults must not depend on, measured on one model and data set: per decoder
+What seer's readout defaults must not depend on, measured on one model and data set: per decoder
 block, the mean and median hidden-state norm over real tokens and the first token's norm
 ("massive activations"); and at the target block, the mean cosine between the read
-representations of different texts, raw and centred (minus their mean), which is what a
+representations of different texts, raw and centered (minus their mean), which is what a
 cosine-based contrastive loss and cosine prototypes see.
 
     python studies/hidden_scale.py --model embedded \\
@@ -17,9 +17,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from seer.core.architecture import get_layers
 from seer.core.data import load_concepts
 from seer.core.formatting import encode, pad_batch
-from seer.core.layers import capture_layers, get_layers, run_until
+from seer.core.layers import capture_layers, run_until
 from seer.core.models import load_model
 from seer.training.build import default_layer
 
@@ -60,7 +61,7 @@ def main() -> None:
         print(f"{b:>5} {real.mean():>10.1f} {real.median():>8.1f} {norms[:, 0].mean():>12.1f}")
     z = hidden[layer].float()[torch.arange(len(rows)), batch["positions"][:, 0]]
     off = ~torch.eye(len(rows), dtype=torch.bool)
-    for name, v in (("raw", z), ("centred", z - z.mean(0))):
+    for name, v in (("raw", z), ("centered", z - z.mean(0))):
         v = F.normalize(v, dim=-1)
         print(f"mean cosine between texts at block {layer}, {name}: {(v @ v.T)[off].mean():.3f}")
 

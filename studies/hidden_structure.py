@@ -1,5 +1,5 @@
 """What a model's read states look like, block by block: their norm, the largest coordinate,
-the cosines of same- and different-concept texts (raw and centred on their mean), and how
+the cosines of same- and different-concept texts (raw and centered on their mean), and how
 well nearest-prototype reading separates the concepts (leave-one-out), on BeaverTails-6.
 
     python studies/hidden_structure.py gemma3-270m 14     # --model value, target block
@@ -79,17 +79,17 @@ def main() -> None:
     )
     print(
         "| block | mean norm | largest coordinate (mean abs) | raw cos same / diff "
-        "| centred cos same / diff | LOO prototype accuracy raw / centred |"
+        "| centered cos same / diff | LOO prototype accuracy raw / centered |"
     )
     print("|---|---|---|---|---|---|")
     for b in range(s.shape[1]):
         z = s[:, b]
-        raw, centred = _scores(z, labels), _scores(z - z.mean(0), labels)
+        raw, centered = _scores(z, labels), _scores(z - z.mean(0), labels)
         top = z.abs().mean(0).max(0)
         print(
             f"| {b} | {z.norm(dim=-1).mean():,.0f} | {top.values:,.0f} (dim {int(top.indices)}) "
-            f"| {raw[0]:.3f} / {raw[1]:.3f} | {centred[0]:.3f} / {centred[1]:.3f} "
-            f"| {raw[2]:.3f} / {centred[2]:.3f} |"
+            f"| {raw[0]:.3f} / {raw[1]:.3f} | {centered[0]:.3f} / {centered[1]:.3f} "
+            f"| {raw[2]:.3f} / {centered[2]:.3f} |"
         )
 
 

@@ -60,11 +60,11 @@ def table(run: Path) -> str:
         )
     out += ["", f"verdicts: {comp['counts']} (tolerance ±{comp['tolerance']} AUROC)", ""]
     out += ["| model | `none` share | acc answered | faithfulness ratio (span, dim) | "
-            "ratio (centred, dim) | KL span vs random |", "|---|---|---|---|---|---|"]  # fmt: skip
+            "ratio (centered, dim) | KL span vs random |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, key in (("base", "base_readout"), ("SEER", "seer_readout")):
         f = m.get("faithfulness", {}).get("base" if name == "base" else "seer", {})
         none = mon[key]["none"]
-        span, cen = f.get("span", {}), f.get("centred", {})
+        span, cen = f.get("span", {}), f.get("centered", f.get("centred", {}))  # older runs
         out.append(
             f"| {name} | {_f(none['share'])} | {_f(none['accuracy_answered'])} | "
             f"{_f(span.get('ratio'), 2)} ({span.get('dimension')}) | "

@@ -3,7 +3,7 @@ the mean state over the user's message and the reply (``--positions mean``), at 
 blocks, on one dataset's seeded split, with no training.
 
 For each read span and block it prints the held-out accuracy of nearest-prototype reading
-(seer's readout: cosine to each concept's mean normalised training state) and of an external
+(seer's readout: cosine to each concept's mean normalized training state) and of an external
 logistic-regression probe on the same states. The split is the one ``seer train`` makes with
 the same ``--max-per-concept``, fractions and seed (prototypes and probe from the training
 part only). One forward pass per batch serves every block and span.
@@ -25,12 +25,13 @@ from seer.core.formatting import POSITIONS
 from seer.core.models import load_model
 from seer.core.represent import representations
 from seer.core.splits import split_three
-from seer.evaluation.metrics import compute_prototypes, cosine_scores, probe_accuracy
+from seer.evaluation.metrics import probe_accuracy
+from seer.readout import compute_prototypes, cosines
 
 
 def prototype_accuracy(train: np.ndarray, y_train: list, test: np.ndarray, y_test: list) -> float:
     names, prototypes = compute_prototypes(train, y_train)
-    top = cosine_scores(test, prototypes).argmax(axis=1)
+    top = cosines(test, prototypes).argmax(axis=1)
     return float(np.mean([names[i] == y for i, y in zip(top, y_test, strict=True)]))
 
 

@@ -1,17 +1,17 @@
 """How much of a trained run's accuracy is the readout's: held-out accuracy of several
 readouts of the same states, for the trained model and for its base model at the same block.
 
-Prototype readouts (seer's: cosine to each concept's mean normalised training state) of:
-``raw`` states (seer's readout for ``--representation raw``), states ``centred`` on the
-training split's mean, ``whitened`` (centred and scaled to unit variance per dimension, a
-fixed diagonal whitening), and ``zca`` (centred and whitened by the full covariance,
+Prototype readouts (seer's: cosine to each concept's mean normalized training state) of:
+``raw`` states (seer's readout for ``--representation raw``), states ``centered`` on the
+training split's mean, ``whitened`` (centered and scaled to unit variance per dimension, a
+fixed diagonal whitening), and ``zca`` (centered and whitened by the full covariance,
 Ledoit-Wolf shrinkage). Two external classifiers of the same states for comparison: ``lda``
 (linear discriminant analysis, shrinkage chosen by Ledoit-Wolf) and ``probe`` (logistic
 regression on standardised states, C=0.1).
 
 Each variant's statistics, prototypes and classifiers come from the run's training split
 only; no label of the test split is used. A variant that wins here only at the readout says
-little about training with it (``--representation centered`` also centres the training loss).
+little about training with it (``--representation centered`` also centers the training loss).
 ``--states DIR`` keeps each run's states (``DIR/<run>[-base].npz``) so that a second call
 reads them instead of running the model again.
 
@@ -34,15 +34,15 @@ from sklearn.preprocessing import StandardScaler
 
 from seer.core.represent import representations
 from seer.core.tables import read_jsonl
-from seer.evaluation.metrics import compute_prototypes, cosine_scores
 from seer.inference.explainer import Explainer
+from seer.readout import compute_prototypes, cosines
 
-VARIANTS = ("raw", "centred", "whitened", "zca", "lda", "probe")
+VARIANTS = ("raw", "centered", "whitened", "zca", "lda", "probe")
 
 
 def accuracy(train: np.ndarray, y_train: list[str], test: np.ndarray, y_test: list[str]) -> float:
     names, prototypes = compute_prototypes(train, y_train)
-    top = cosine_scores(test, prototypes).argmax(axis=1)
+    top = cosines(test, prototypes).argmax(axis=1)
     return float(np.mean([names[i] == y for i, y in zip(top, y_test, strict=True)]))
 
 
@@ -60,7 +60,7 @@ def variants(train: np.ndarray, y_train: list[str], test: np.ndarray, y_test: li
     probe = LogisticRegression(max_iter=2000, C=0.1).fit(scaler.transform(train), y_train)
     return {
         "raw": accuracy(train, y_train, test, y_test),
-        "centred": accuracy(train - mean, y_train, test - mean, y_test),
+        "centered": accuracy(train - mean, y_train, test - mean, y_test),
         "whitened": accuracy((train - mean) / std, y_train, (test - mean) / std, y_test),
         "zca": accuracy((train - mean) @ w, y_train, (test - mean) @ w, y_test),
         "lda": float(lda.score(test, y_test)),

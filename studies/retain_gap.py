@@ -28,7 +28,7 @@ def main() -> None:
     from seer.core.tables import read_jsonl
     from seer.evaluation.retention import retention
     from seer.inference.explainer import Explainer
-    from seer.training.retain import general_text
+    from seer.inference.general import general_text
 
     torch.set_grad_enabled(False)
     for run in args.runs:

@@ -46,7 +46,7 @@ def _read(run: Path) -> dict:
     from seer.core.tables import read_jsonl
     from seer.evaluation.retention import retention
     from seer.inference.explainer import Explainer
-    from seer.training.retain import general_text
+    from seer.inference.general import general_text
 
     explainer = Explainer.from_run(run)
     rows = [r for r in read_jsonl(run / "split" / "test.jsonl") if r.get("concept") is not None]

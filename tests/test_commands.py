@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seer import cli
-from seer.commands.options import add_arguments, from_namespace, option
+from seer.commands.options import add_arguments, from_namespace
+from seer.core.fields import option
 from seer.training.config import TrainConfig
 
 SUBCOMMANDS = ("train", "evaluate", "explain", "export", "detox-eval")

@@ -181,7 +181,7 @@ def _stopped_run(tmp_path: Path, model_dir: Path, monkeypatch, *extra: str) -> l
     argv = train_argv(model_dir, tmp_path / "X", "--checkpoint-every", "1", *extra)
     train_module = importlib.import_module("seer.training.train")
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "compute_prototypes", _interrupt)
+        patch.setattr(train_module, "fit_readout", _interrupt)
         assert cli.main(argv) == 130
     return argv
 

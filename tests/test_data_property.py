@@ -86,6 +86,8 @@ def expected(fmt: str, columns: list[str], rows: list[dict]) -> list[dict] | Non
         for row in rows
     ]
     examples = [e for e in examples if e["concept"] and (e["prompt"] or e["response"])]
+    unique = {tuple(e.values()): e for e in reversed(examples)}  # a repeat is kept once, first
+    examples = [e for e in examples if unique.get(tuple(e.values())) is e]
     return examples if len({e["concept"] for e in examples}) >= 2 else None
 
 

@@ -235,7 +235,7 @@ def test_resume_summary_covers_the_whole_run(tmp_path, model_dir, monkeypatch, c
         time.sleep(1.0)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "compute_prototypes", interrupt)
+    monkeypatch.setattr(train_module, "fit_readout", interrupt)
     assert cli.main(argv) == 130
     monkeypatch.undo()
     assert cli.main([*argv, "--resume"]) == 0

@@ -7,8 +7,8 @@ import torch
 from conftest import PROMPT, PROMPTS, make_explainer, tiny_llama
 
 from seer.cli import main as cli_main
+from seer.core.architecture import get_layers
 from seer.core.formatting import encode, prompt_ids
-from seer.core.layers import get_layers
 from seer.core.represent import representations
 from seer.errors import SeerError
 from seer.inference.engine import Engine

@@ -10,12 +10,12 @@ from transformers import (
     Qwen2Config,
 )
 
+from seer.core.architecture import get_layers
 from seer.core.layers import (
     StopForward,
     add_to_layer,
     capture_final_states,
     capture_layers,
-    get_layers,
     run_until,
 )
 
@@ -131,3 +131,22 @@ def test_capture_final_states_stops_before_the_head(name):
     handle.remove()
     assert calls == []
     torch.testing.assert_close(final["final"], want)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_architecture_reads_each_family_the_same_way(name):
+    """What differs between families is answered in one module: the config's sizes under
+    either naming, the linear layers LoRA can adapt (GPT-2's are Conv1D), forward arguments."""
+    from seer.core.architecture import DEFAULT_TARGET_MODULES, accepts, config_value, linear_names
+
+    model = build(name)
+    assert config_value(model.config, "hidden_size") == 16
+    assert config_value(model.config, "num_hidden_layers") == 3
+    assert config_value(model.config, "num_attention_heads") == 2
+    names = linear_names(model)
+    if name == "gpt2":
+        assert {"c_attn", "c_fc", "c_proj"} <= names and not names & set(DEFAULT_TARGET_MODULES)
+    else:
+        assert set(DEFAULT_TARGET_MODULES) <= names
+    peft_model = get_peft_model(build(name), LoraConfig(r=2, target_modules=sorted(names)[:1]))
+    assert accepts(peft_model, "attention_mask") and not accepts(peft_model, "no_such_argument")

@@ -6,15 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from seer.evaluation.metrics import (
-    compute_prototypes,
-    cosine_scores,
-    disentanglement,
-    l2_normalize,
-    layer_sweep,
-    ot_separation,
-    probe_accuracy,
-)
+from seer.evaluation.metrics import disentanglement, layer_sweep, ot_separation, probe_accuracy
+from seer.readout import Readout, compute_prototypes, cosines, normalize_rows
 
 S = 1 / math.sqrt(2)
 
@@ -34,8 +27,8 @@ TINY_X = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 TINY_Y = ["a", "a", "b", "b"]
 
 
-def test_l2_normalize_unit_rows_and_zero_row():
-    Xn = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+def test_normalize_rows_unit_rows_and_zero_row():
+    Xn = normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_allclose(Xn, [[0.6, 0.8], [0.0, 0.0]])
 
 
@@ -46,14 +39,14 @@ def test_prototypes_tiny_case():
     np.testing.assert_allclose(P, [[1.0, 0.0], [S / 2, (1 + S) / 2]], rtol=1e-6)
 
 
-def test_prototypes_names_sorted_and_not_renormalised():
+def test_prototypes_names_sorted_and_not_renormalized():
     names, P = compute_prototypes(np.array([[0.0, 5.0], [1.0, 0.0], [-1.0, 0.0]]), ["z", "m", "m"])
     assert names == ["m", "z"]
     np.testing.assert_allclose(P, [[0.0, 0.0], [0.0, 1.0]], atol=1e-7)
 
 
-def test_cosine_scores_normalises_both_sides():
-    scores = cosine_scores(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 0.0], [0.0, 0.1]]))
+def test_cosines_normalize_both_sides():
+    scores = cosines(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[5.0, 0.0], [0.0, 0.1]]))
     np.testing.assert_allclose(scores, [[1.0, 0.0], [S, S]])
 
 
@@ -205,7 +198,7 @@ def test_layer_sweep_mismatched_layers_raise():
 
 # --- monitoring metrics: synthetic scores with known answers ----------------------------------
 
-from seer.evaluation.monitoring import (  # noqa: E402
+from seer.evaluation.detection import (  # noqa: E402
     detection,
     expected_calibration_error,
     fpr_threshold,
@@ -214,7 +207,7 @@ from seer.evaluation.monitoring import (  # noqa: E402
     roc_auc,
     selective_curve,
 )
-from seer.evaluation.monitors import MATCH_TOLERANCE, compare, readout_metrics  # noqa: E402
+from seer.evaluation.versus_probes import MATCH_TOLERANCE, compare, readout_metrics  # noqa: E402
 
 
 def _two_class(confidences, correct):
@@ -307,13 +300,8 @@ def test_readout_none_share_and_answered_accuracy():
         [[1.0, 0.0], [0.0, 1.0], [1.0, 1.2], [1.0, 0.1]]
     )  # cosines to best: 1, 1, .77, .99
     targets = {"calibration": np.array([0, 1, 1, 0]), "test": np.array([0, 1, 0, 0])}
-    out = readout_metrics(
-        {"calibration": X, "test": X},
-        targets,
-        ["a", "b"],
-        P,
-        {"temperature": 0.1, "threshold": 0.9},
-    )
+    readout = Readout.fitted(["a", "b"], P, {"temperature": 0.1, "threshold": 0.9})
+    out = readout_metrics({"calibration": X, "test": X}, targets, readout)
     assert out["none"]["share"] == 0.25  # the third row
     assert out["none"]["accuracy_answered"] == 1.0  # the answered three are right
     assert out["accuracy"] == 0.75 and out["temperature"] == 0.1

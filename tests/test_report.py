@@ -13,8 +13,9 @@ from seer.core.formatting import encode
 from seer.core.layers import add_to_layer
 from seer.errors import SeerError
 from seer.evaluation.faithfulness import orthonormal_basis, projection_kl
-from seer.evaluation.metrics import compute_prototypes, disentanglement, ot_separation
+from seer.evaluation.metrics import disentanglement, ot_separation
 from seer.evaluation.report import confusion_figure, layer_sweep_figure, tsne_figure, write_report
+from seer.readout import compute_prototypes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["anger", "joy", "a rather long concept name"]
@@ -215,7 +216,7 @@ def test_evaluate_writes_monitoring_metrics_and_figures(tiny_run, tokenizer):
     assert len(mon["seer_readout"]["none"]["selective"]["coverage"]) == m["run"]["n_test"]
     for model in ("base", "seer"):
         f = m["faithfulness"][model]
-        assert f["span"]["dimension"] == 3 and f["centred"]["dimension"] == 2
+        assert f["span"]["dimension"] == 3 and f["centered"]["dimension"] == 2
         assert len(f["span"]["kl_random"]) == 2 and f["span"]["kl_prototypes"] > 0
     eval_dir = tiny_run / "eval"
     assert_png(eval_dir / "reliability.png")
@@ -258,3 +259,15 @@ def test_evaluate_an_old_run_without_calibration_split_says_so(tiny_run, tokeniz
     # every sentence names the split the thresholds came from: never a calibration split
     assert "set on the calibration split" not in text and "best calibration AUROC" not in text
     assert "FPR thresholds set on test (no calibration split)" in text
+
+
+def test_an_old_metrics_file_spelling_centred_still_reports_its_faithfulness():
+    """metrics.json files written before seer settled on 'centered' keep their row."""
+    from seer.evaluation import detection_report
+
+    variant = {"dimension": 2, "kl_prototypes": 0.5, "kl_random_mean": 0.1}
+    variant |= {"kl_random_std": 0.01, "ratio": 5.0}
+    common = {"layer": 1, "n_texts": 4, "n_draws": 2}
+    old = detection_report._faithfulness({"seer": {"centred": variant, **common}})
+    new = detection_report._faithfulness({"seer": {"centered": variant, **common}})
+    assert old == new and any("| SEER | centered | 2 |" in line for line in new)

@@ -168,9 +168,7 @@ def test_interrupted_after_training_keeps_every_step(tmp_path, tokenizer, refere
         raise KeyboardInterrupt
 
     # (seer.training.train, the attribute, is the function; the module is looked up by name)
-    monkeypatch.setattr(
-        importlib.import_module("seer.training.train"), "compute_prototypes", interrupt
-    )
+    monkeypatch.setattr(importlib.import_module("seer.training.train"), "fit_readout", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_train(tokenizer, **values)
     assert last_checkpoint(values["output"]).name == f"checkpoint-{STEPS}"

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
 
 from seer.core import losses
-from seer.core.layers import capture_layers, get_layers
+from seer.core.architecture import get_layers
+from seer.core.layers import capture_layers
 from seer.training.config import TrainConfig
 from seer.training.train import train
 
@@ -68,14 +69,14 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
 
 
 def lora_targets(arch: str) -> tuple[str, ...]:
-    """Layers whose inputs are normalised, so that their LoRA acts the same at any scale."""
+    """Layers whose inputs are normalized, so that their LoRA acts the same at any scale."""
     return ("c_attn", "c_fc") if arch == "gpt2" else ("q_proj", "k_proj", "v_proj", "up_proj")
 
 
 @torch.no_grad()
 def scale_residual(model, c: float) -> None:
     """Multiply every residual-stream state by ``c``: the embeddings and each block's output
-    projections. Pre-norm blocks and the final norm see the same normalised inputs."""
+    projections. Pre-norm blocks and the final norm see the same normalized inputs."""
     if hasattr(model, "transformer"):  # GPT-2
         model.transformer.wte.weight.mul_(c)
         model.transformer.wpe.weight.mul_(c)
@@ -172,7 +173,7 @@ def test_scale_residual_scales_states_and_keeps_the_function(arch, tokenizer):
 
 # --- pure functions ------------------------------------------------------------------------
 def test_relative_retain_l2_is_scale_free_and_not_ruled_by_massive_tokens():
-    from seer.core.normalise import relative_retain_l2
+    from seer.core.normalize import relative_retain_l2
 
     torch.manual_seed(0)
     ref = torch.randn(2, 5, 16)
@@ -195,7 +196,7 @@ def test_relative_retain_l2_is_scale_free_and_not_ruled_by_massive_tokens():
 
 
 def test_centered_representation_ignores_a_shared_shift():
-    from seer.core.normalise import batch_center
+    from seer.core.normalize import batch_center
     from seer.core.represent import gather_positions
 
     torch.manual_seed(0)
@@ -259,7 +260,7 @@ def test_loss_parts_start_comparable_on_four_architectures(arch, tmp_path, token
 @pytest.fixture(scope="module")
 def shifted_runs(tmp_path_factory, tokenizer):
     """The same tiny Llama with a shared direction 8 times the states' norm, trained with the
-    centred and with the paper's raw representation (both with the relative retain l2, as
+    centered and with the paper's raw representation (both with the relative retain l2, as
     when the tests were written; otherwise the defaults)."""
     runs = {}
     for representation in ("centered", "raw"):
@@ -385,15 +386,15 @@ def test_health_warns_once_when_the_contrastive_loss_sits_at_chance():
     assert "--representation centered" in warnings[0] and "0.990" in warnings[0]
     falling = {s: {"contrastive": chance * (1 - 0.05 * s)} for s in range(1, 11)}
     assert _feed(HealthCallback(chance, check_at=0.3), falling) == []
-    # A centred run starts far above chance and falls: healthy; one that stays put is not.
-    centred = {s: {"contrastive": 7.0 - 0.3 * s} for s in range(1, 11)}
-    assert _feed(HealthCallback(chance, check_at=0.3), centred) == []
+    # A centered run starts far above chance and falls: healthy; one that stays put is not.
+    centered = {s: {"contrastive": 7.0 - 0.3 * s} for s in range(1, 11)}
+    assert _feed(HealthCallback(chance, check_at=0.3), centered) == []
     flat = {s: {"contrastive": 7.0} for s in range(1, 11)}
     assert (
         "has not fallen from its first value 7.000"
         in _feed(HealthCallback(chance, check_at=0.3), flat)[0]
     )
-    # A centred run fallen by less than the tolerance: the message says by how much, not "not
+    # A centered run fallen by less than the tolerance: the message says by how much, not "not
     # below" (it once read "2.238, not below its first value 2.331").
     slow = {1: {"contrastive": 7.0}, **{s: {"contrastive": 6.8} for s in range(2, 11)}}
     (message,) = _feed(HealthCallback(chance, check_at=0.3), slow)

@@ -10,7 +10,7 @@ from seer.core.data import load_concepts
 from seer.core.run import load_trained, read_run
 from seer.core.splits import split_examples, split_three
 from seer.errors import SeerError
-from seer.evaluation.calibration import fit_calibration
+from seer.readout import fit_calibration
 from seer.training.config import TrainConfig
 from seer.training.train import train
 

@@ -235,7 +235,7 @@ def _grads(trainer, batch) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # issue 19's options
+CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # the unit-free forms
 
 
 @pytest.mark.parametrize(
@@ -244,7 +244,7 @@ CENTERED = {"representation": "centered", "retain_l2_form": "relative"}  # issue
 def test_gradient_caching_gives_the_whole_batch_gradients(
     tmp_path, tokenizer, concept_file, retain_file, objective, forms
 ):
-    """Also for the centred representation: every micro-batch is centred on the whole
+    """Also for the centered representation: every micro-batch is centered on the whole
     contrastive batch's mean state, as the batch done at once is."""
     trainer = _trainer_on_tiny(
         tmp_path, tokenizer, concept_file, retain_file, objective=objective, batch_size=6, **forms

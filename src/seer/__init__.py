@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 # The public names load on first use, so `import seer` (and the `seer` command's start-up,
 # which must answer Ctrl-C in one line) does not import torch and transformers.
 _WHERE = {
-    "get_layers": "seer.core.layers",
+    "get_layers": "seer.core.architecture",
     "load_model": "seer.core.models",
     "load_trained": "seer.core.run",
     "read_run": "seer.core.run",
@@ -27,7 +27,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
     from seer.core.models import load_model
     from seer.core.run import load_trained, read_run
     from seer.errors import SeerError

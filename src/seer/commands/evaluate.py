@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.errors import SeerError
 
 __all__ = ["HELP", "NAME", "EvaluateConfig", "main"]

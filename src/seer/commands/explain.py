@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seer.commands.monitor import MonitorOptions
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.core.tables import read_jsonl
 from seer.errors import SeerError
+from seer.inference.monitor_options import MonitorOptions
 
 if TYPE_CHECKING:
     from seer.inference.explainer import Explanation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seer.commands.options import option
+from seer.core.fields import option
 
 __all__ = ["HELP", "NAME", "ExportConfig", "main"]
 

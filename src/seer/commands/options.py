@@ -1,7 +1,8 @@
 """Command-line options generated from config dataclasses, the way trl's ``TrlParser`` reads
 ``ScriptArguments``: one ``--option`` per field, with the field's ``help`` and its default.
 
-A field without a default is a positional argument. A field whose type is itself a config
+The fields are declared with :func:`seer.core.fields.option`. A field without a default is a
+positional argument. A field whose type is itself a config
 dataclass becomes an argument group (its ``help`` is the group's title) whose fields are
 flattened into the same namespace. The type mapping:
 
@@ -26,21 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
-__all__ = ["add_arguments", "from_namespace", "option"]
+__all__ = ["add_arguments", "from_namespace"]
 
 _SCALARS = (int, float, str, Path)
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
-    """A dataclass field with a ``help`` text (and more metadata, e.g. ``aliases``); a list,
-    tuple or dataclass default is copied per instance. Without ``default``: positional."""
-    metadata = {"help": help, **metadata}
-    if isinstance(default, (list, tuple, dict)):
-        value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
-    if isinstance(default, type) and dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _flag(name: str) -> str:

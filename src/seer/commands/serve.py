@@ -11,12 +11,15 @@ import math
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from seer.commands.monitor import MonitorOptions
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.errors import SeerError
 from seer.inference.backends import BACKENDS
+from seer.inference.monitor_options import MonitorOptions
+
+if TYPE_CHECKING:
+    from seer.inference.monitor import Monitor
 
 __all__ = ["HELP", "NAME", "ServeConfig", "main"]
 
@@ -92,7 +95,7 @@ class ServeConfig:
             raise SeerError(f"--vllm-dtype must be float32 or bfloat16, got {self.vllm_dtype!r}")
         self.monitor.check_single("seer serve")
 
-    def default_monitor(self) -> Any:
+    def default_monitor(self) -> Monitor | None:
         """The server-wide :class:`Monitor` (``None`` without ``--monitor``)."""
         return self.monitor.single()
 

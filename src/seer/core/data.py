@@ -265,6 +265,6 @@ def _warn_similar_labels(labels: Iterable[str]) -> None:
         if len(variants) > 1:
             logger.warning(
                 "concept labels %s differ only by case or whitespace and are treated as different "
-                "concepts; normalise them in the data if they are the same",
+                "concepts; normalize them in the data if they are the same",
                 sorted(variants),
             )

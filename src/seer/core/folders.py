@@ -104,6 +104,8 @@ def _check_inputs(output: Path, inputs: Sequence[tuple[str, str | Path]], flag: 
     destroy what the command reads."""
     targets = _spellings(output)
     for name, source in inputs:
+        if not isinstance(source, (str, Path)) or not str(source):
+            continue  # a damaged seer.json's base model: the run's own check names it
         if not (Path(source).exists() or Path(source).is_symlink()):
             continue  # not a local path (a Hub name, the demo set)
         sources = _spellings(source)

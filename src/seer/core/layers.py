@@ -1,4 +1,5 @@
-"""Find a model's decoder layers and read (or steer) their outputs with hooks.
+"""Read (or steer) the outputs of a model's decoder layers with hooks (the layers are found by
+:func:`seer.core.architecture.get_layers`).
 
 Every hook lives inside a context manager that removes it in ``finally``, so no hook
 survives an exception. Layer indices are 0-based block indices: layer ``L`` is the output
@@ -15,74 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from seer.errors import SeerError
+from seer.core.architecture import base_model as _unwrap
+from seer.core.architecture import get_layers
 
 __all__ = [
-    "LAYER_PATHS",
     "StopForward",
     "add_to_layer",
     "capture_final_states",
     "capture_layers",
-    "get_layers",
     "run_until",
 ]
-
-#: Attribute paths, tried in order, at which Hugging Face causal LMs keep their blocks.
-LAYER_PATHS: tuple[str, ...] = (
-    "model.layers",  # Llama, Mistral, Qwen2, Gemma, Phi-3, SmolLM
-    "model.language_model.layers",  # multimodal wrappers (Gemma 3, Llava)
-    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
-    "gpt_neox.layers",  # GPT-NeoX, Pythia
-    "model.decoder.layers",  # OPT
-    "transformer.blocks",  # MPT
-    "layers",  # a bare decoder
-)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip PEFT and DDP wrappers down to the Hugging Face model."""
-    current: Any = model  # the wrappers' attributes are looked up by name
-    while True:
-        if hasattr(current, "get_base_model"):  # peft.PeftModel
-            current = current.get_base_model()
-        elif isinstance(current, nn.parallel.DistributedDataParallel) or (
-            hasattr(current, "module") and isinstance(current.module, nn.Module)
-        ):
-            current = current.module
-        else:
-            return current
-
-
-def _resolve(model: nn.Module, path: str) -> nn.Module | None:
-    obj: object = model
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj if isinstance(obj, nn.Module) else None
-
-
-def get_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
-    """Return the list of decoder blocks of ``model`` (PEFT/DDP wrappers are looked through).
-
-    ``layers_path`` overrides the search, e.g. ``"model.layers"``.
-    """
-    base = _unwrap(model)
-    paths = (layers_path,) if layers_path else LAYER_PATHS
-    for path in paths:
-        found = _resolve(base, path)
-        if isinstance(found, nn.ModuleList) and len(found) > 0:
-            return found
-    if layers_path:
-        raise SeerError(
-            f"--layers-path {layers_path!r} does not name a non-empty list of blocks on "
-            f"{type(base).__name__}; print(model) to see its structure (e.g. model.layers)"
-        )
-    raise SeerError(
-        f"could not find the decoder layers of {type(base).__name__} "
-        f"(tried {', '.join(LAYER_PATHS)}). "
-        "Pass layers_path='<dotted.path.to.ModuleList>' (--layers-path on the CLI)."
-    )
 
 
 def _hidden(output: object) -> torch.Tensor:

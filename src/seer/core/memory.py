@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from seer.core.architecture import config_value, eager_attention
 from seer.core.losses import KL_CHUNK_ELEMENTS
 
 __all__ = [
@@ -65,10 +66,9 @@ class Dims:
     def of(cls, model: Any, n_layers: int, lora_modules: int) -> Dims:
         """Read the dims off a (PEFT-wrapped) Hugging Face model."""
         config = model.config
-        hidden = getattr(config, "hidden_size", None) or config.n_embd
-        heads: int = getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1)
-        inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-        attention = getattr(config, "_attn_implementation", "eager") or "eager"
+        hidden = config_value(config, "hidden_size")
+        heads: int = config_value(config, "num_attention_heads", 1)
+        inter = config_value(config, "intermediate_size")
         param = next(p for p in model.parameters())
         return cls(
             hidden=hidden,
@@ -77,7 +77,7 @@ class Dims:
             n_layers=n_layers,
             vocab=model.get_output_embeddings().weight.shape[0],
             dtype_bytes=param.element_size(),
-            eager_attention=attention == "eager",
+            eager_attention=eager_attention(config),
             lora_modules=lora_modules,
             lora_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         )

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from seer.core.architecture import FINGERPRINT_KEYS
 from seer.errors import MissingPackageError, SeerError
 
 __all__ = [
@@ -275,7 +276,7 @@ def fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "n_embd", "n_layer")
+        keys = FINGERPRINT_KEYS
         digest.update(json.dumps({k: getattr(config, k, None) for k in keys}).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():

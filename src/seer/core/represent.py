@@ -15,13 +15,13 @@ from transformers import PreTrainedTokenizerBase
 from seer.core.batching import length_batches, unbatch
 from seer.core.formatting import Encoded, encode, pad_batch
 from seer.core.layers import capture_layers, run_until
-from seer.core.normalise import center_states, state_mean
+from seer.core.normalize import center_states, state_mean
 
 __all__ = [
     "estimate_center",
     "from_raw",
     "gather_positions",
-    "normalise_states",
+    "normalize_states",
     "pick_positions",
     "representations",
     "running_means",
@@ -64,18 +64,18 @@ def gather_positions(
 ) -> torch.Tensor:
     """The representation of each row: hidden states ``[B, T, H]`` at the read spans
     ``starts..positions`` ``[B, P]`` (:func:`pick_positions`), minus ``center`` ``[P, H]`` if
-    given (see :mod:`seer.core.normalise`), each L2-normalised, concatenated and scaled by
+    given (see :mod:`seer.core.normalize`), each L2-normalized, concatenated and scaled by
     ``1/sqrt(P)``.
 
     The result is unit-norm, and the cosine of two results is the mean of the per-position
-    cosines; with one position it is simply the normalised hidden state.
+    cosines; with one position it is simply the normalized hidden state.
     """
-    return normalise_states(pick_positions(hidden, positions, starts), center)
+    return normalize_states(pick_positions(hidden, positions, starts), center)
 
 
-def normalise_states(picked: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_states(picked: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     """Representations ``[B, P*H]`` from states ``[B, P, H]`` at the read positions: minus
-    ``center`` ``[P, H]`` if given, each L2-normalised, concatenated, scaled by ``1/sqrt(P)``."""
+    ``center`` ``[P, H]`` if given, each L2-normalized, concatenated, scaled by ``1/sqrt(P)``."""
     picked = F.normalize(center_states(picked, center), dim=-1)
     return picked.flatten(1) / picked.shape[1] ** 0.5
 
@@ -84,7 +84,7 @@ def from_raw(raw: np.ndarray, n_positions: int, center: torch.Tensor | None = No
     """Representations ``[n, P*H]`` from raw states ``[n, P*H]`` (``representations(...,
     raw=True)``), read as :func:`gather_positions` reads them."""
     picked = torch.from_numpy(raw).reshape(len(raw), n_positions, -1)
-    return normalise_states(picked, center).numpy()
+    return normalize_states(picked, center).numpy()
 
 
 @torch.no_grad()
@@ -107,8 +107,8 @@ def representations(
 
     ``mode="full"`` formats each example as prompt+response (prompt alone if it has none).
     One forward pass per batch serves every requested layer; it stops after the deepest.
-    ``centers[layer]`` (``[P, H]``) is subtracted before normalising, for the layers it names;
-    ``raw=True`` returns the hidden states at the positions as they are (not normalised).
+    ``centers[layer]`` (``[P, H]``) is subtracted before normalizing, for the layers it names;
+    ``raw=True`` returns the hidden states at the positions as they are (not normalized).
     """
     encoded: list[Encoded] = [
         encode(tokenizer, ex.get("prompt"), ex.get("response"), mode, max_length)  # type: ignore[arg-type]

@@ -3,9 +3,9 @@
     DIR/seer.json               format version, config, layer, positions, concepts,
                                 base-model fingerprint, calibration, training summary
     DIR/adapter/                the PEFT adapter (loads with plain ``PeftModel.from_pretrained``)
-    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalised representation per concept;
+    DIR/prototypes.safetensors  ``prototypes``: [K, D] mean normalized representation per concept;
                                 ``center`` [P, H] (runs with --representation centered only):
-                                subtracted from the states at the read positions before normalising
+                                subtracted from the states at the read positions before normalizing
     DIR/split/{train,test}.jsonl  the exact split, so evaluation never sees training rows
     DIR/retain.jsonl            the general text used by the retain loss
 
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core import strict_json
 from seer.core.folders import check_target, partial_path, replace_folder
@@ -225,7 +226,7 @@ def _check_calibration(meta_file: Path, calibration: Any, fix: str) -> None:
 def check_model_fit(run: Run, model: torch.nn.Module) -> None:
     """The run fits ``model``: its layer exists there (a damaged seer.json can name any
     block) and its prototypes are as wide as that layer's states at the run's positions."""
-    from seer.core.layers import get_layers
+    from seer.core.architecture import get_layers
 
     n_layers = len(get_layers(model, run.config.get("layers_path")))
     if not run.layer < n_layers:
@@ -284,7 +285,11 @@ def finalize(partial: Path, output: str | Path) -> Path:
 
 
 def load_trained(
-    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+    path: str | Path,
+    *,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | None = None,
 ) -> tuple[Run, Any, Any]:
     """Load a run folder: ``(run, peft_model, tokenizer)``, checking the base model's fingerprint.
 
@@ -346,7 +351,11 @@ def _check_adapter_values(folder: Path, peft_model: Any) -> None:
 
 
 def load_run_model(
-    path: str | Path, *, model: Any = None, tokenizer: Any = None, device: str | None = None
+    path: str | Path,
+    *,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | None = None,
 ) -> tuple[Run, Any, Any]:
     """A run folder (base model + adapter) or an export (a merged model folder):
     ``(run, model, tokenizer)``."""

@@ -9,31 +9,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core import strict_json
 from seer.core.folders import hold_lock
 from seer.core.represent import estimate_center, representations
-from seer.core.run import load_trained
+from seer.core.run import Run, load_trained
 from seer.errors import SeerError
+from seer.evaluation.detection_report import monitoring_figures
 from seer.evaluation.faithfulness import faithfulness
 from seer.evaluation.metrics import (
-    compute_prototypes,
     disentanglement,
     layer_sweep,
     ot_separation,
     probe_accuracy,
 )
-from seer.evaluation.monitor_report import monitoring_figures
-from seer.evaluation.monitors import (
+from seer.evaluation.retention import generations, retention
+from seer.evaluation.versus_probes import (
     base_calibration,
     best_layer,
     compare,
     external_probes,
     readout_metrics,
 )
-from seer.evaluation.retention import generations, retention
-from seer.training.retain import general_text
+from seer.inference.general import general_text
+from seer.readout import Readout, compute_prototypes
 
 __all__ = ["evaluate", "retention"]
 
@@ -55,7 +57,7 @@ def _scores(
     return out
 
 
-def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
+def run_splits(run: Run) -> tuple[dict[str, list[dict]], bool]:
     """The run's ``train`` / ``calibration`` / ``test`` rows, and whether it has a calibration
     split. A run trained before the three-way split has none: its test rows stand in (the
     figures are then fitted and reported on the same rows, and labelled so)."""
@@ -72,12 +74,12 @@ def run_splits(run: Any) -> tuple[dict[str, list[dict]], bool]:
 
 
 def _representations(
-    peft_model: Any,
-    tokenizer: Any,
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: dict[str, list[dict]],
     layers: list[int],
     progress: bool,
-    run: Any,
+    run: Run,
     **kw: Any,
 ) -> dict:
     reps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
@@ -85,7 +87,7 @@ def _representations(
     for name in ("base", "seer"):
         ctx = peft_model.disable_adapter() if name == "base" else contextlib.nullcontext()
         with ctx:
-            # issue 19: a centered run's readout, the base model read around its own mean
+            # a centered run's readout: the base model is read around its own mean
             center = run.center
             if center is not None and name == "base":
                 center = estimate_center(peft_model, tokenizer, rows["train"], layer, **kw)
@@ -107,7 +109,7 @@ def _representations(
 
 
 def _monitoring(
-    run: Any,
+    run: Run,
     reps: dict,
     rows: dict[str, list[dict]],
     layer: int,
@@ -122,15 +124,15 @@ def _monitoring(
     targets = {s: np.array([index[c] for c in ys]) for s, ys in labels.items()}
     at = {s: reps["seer"][s][layer] for s in rows}
     base_at = {s: reps["base"][s][layer] for s in rows}
-    base_names, base_protos, base_fit = base_calibration(base_at, labels, fitted_on)
-    if base_names != names:
+    base_readout, base_protos = base_calibration(base_at, labels, fitted_on)
+    if base_readout.concepts != names:
         raise SeerError(f"{run.path}: the training split lacks some of the concepts {names}")
     layers = {"run": layer} if best is None else {"run": layer, "best": best}
     probes = external_probes(reps["base"], targets, names, layers, seed)
-    seer = readout_metrics(at, targets, names, run.prototypes.numpy(), run.calibration)
+    seer = readout_metrics(at, targets, Readout.from_run(run))
     return {
         "fitted_on": fitted_on,
-        "base_readout": readout_metrics(base_at, targets, names, base_protos, base_fit),
+        "base_readout": readout_metrics(base_at, targets, base_readout),
         "seer_readout": seer,
         "probes": probes,
         "comparison": compare(seer, probes, names),
@@ -138,7 +140,7 @@ def _monitoring(
     }
 
 
-def _cluster_scores(run: Any, reps: dict, y: dict[str, list[str]], seed: int) -> dict:
+def _cluster_scores(run: Run, reps: dict, y: dict[str, list[str]], seed: int) -> dict:
     """Prototype accuracy, disentanglement, probe accuracy and OT separation at the run's
     layer: base (its own prototypes from train) and SEER (the run's prototypes)."""
     layer = run.layer
@@ -156,7 +158,7 @@ def _cluster_scores(run: Any, reps: dict, y: dict[str, list[str]], seed: int) ->
     }
 
 
-def _run_summary(run: Any, rows: dict[str, list[dict]], has_calibration: bool) -> dict:
+def _run_summary(run: Run, rows: dict[str, list[dict]], has_calibration: bool) -> dict:
     return {
         "path": str(run.path),
         "layer": run.layer,
@@ -180,8 +182,8 @@ def evaluate(
     progress: bool = True,
     faithfulness_texts: int = 64,
     faithfulness_draws: int = 4,
-    model: Any = None,
-    tokenizer: Any = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Evaluate a run; writes ``DIR/eval/metrics.json`` (and a report) and returns the metrics.
 
@@ -241,9 +243,9 @@ def evaluate(
 
 
 def _faithfulness(
-    peft_model: Any,
-    tokenizer: Any,
-    run: Any,
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    run: Run,
     test_rows: list[dict],
     base_protos: np.ndarray,
     n_texts: int,

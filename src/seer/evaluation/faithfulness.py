@@ -8,7 +8,7 @@ subspace is the span of the concept prototypes, against random subspaces of the 
 dimension (several seeded draws: mean and spread). ``ratio = KL_prototypes / mean KL_random``:
 well above 1 means the model relies on the readout's directions more than on arbitrary ones.
 Two variants: ``span`` (the prototypes themselves, K dimensions, which include the direction
-every text shares) and ``centred`` (the prototypes minus their mean, K-1 dimensions: only
+every text shares) and ``centered`` (the prototypes minus their mean, K-1 dimensions: only
 what tells concepts apart).
 """
 
@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from seer.core.architecture import base_model, logit_softcap
 from seer.core.formatting import encode, pad_batch
 from seer.core.layers import add_to_layer
 
@@ -53,12 +56,8 @@ def _prototype_rows(prototypes: np.ndarray, hidden_size: int) -> np.ndarray:
 def _head(model: Any) -> tuple[Any, Any, float | None]:
     """The decoder stack (its output is after the final norm), the LM head and the logit
     soft-cap of ``model`` (a causal LM, or a PEFT model around one)."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return (
-        hf.get_decoder(),
-        hf.get_output_embeddings(),
-        getattr(hf.config, "final_logit_softcapping", None),
-    )
+    hf: Any = base_model(model)
+    return hf.get_decoder(), hf.get_output_embeddings(), logit_softcap(hf.config)
 
 
 def _sample_tokens(mask: torch.Tensor, k: int | None, rng: np.random.Generator) -> torch.Tensor:
@@ -86,8 +85,8 @@ def _log_probs(decoder: Any, head: Any, cap: float | None, ids: Any, mask: Any, 
 
 @torch.no_grad()
 def projection_kl(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[dict],
     layer: int,
     bases: dict[str, np.ndarray],
@@ -147,8 +146,8 @@ def _standard_error(per_text: np.ndarray) -> float:
 
 
 def faithfulness(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[dict],
     layer: int,
     prototypes: np.ndarray,
@@ -165,7 +164,7 @@ def faithfulness(
     over the random draws."""
     hidden = int(model.config.hidden_size)
     directions = _prototype_rows(prototypes, hidden)
-    variants = {"span": directions, "centred": directions - directions.mean(0, keepdims=True)}
+    variants = {"span": directions, "centered": directions - directions.mean(0, keepdims=True)}
     rng = np.random.default_rng(seed)
     bases: dict[str, np.ndarray] = {}
     dims = {}

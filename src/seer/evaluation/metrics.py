@@ -2,7 +2,7 @@
 
 Every function takes raw hidden states ``X`` of shape ``[n, d]`` and a sequence of concept
 names, and returns plain Python types (``float``, ``int``, ``str``, ``list``, ``dict``) so the
-results can be written with ``json.dump``. Cosine-based quantities L2-normalise rows inside.
+results can be written with ``json.dump``. Cosine-based quantities L2-normalize rows inside.
 """
 
 from __future__ import annotations
@@ -13,56 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from seer.inference.readout import cosines, normalize_rows
+from seer.readout import check_rows, compute_prototypes, cosines, normalize_rows
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "l2_normalize",
-    "compute_prototypes",
-    "cosine_scores",
     "disentanglement",
     "probe_accuracy",
     "ot_separation",
     "layer_sweep",
 ]
-
-
-def _check_xy(X: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D array [n, d]; got shape {X.shape}. Stack the rows.")
-    y = np.asarray([str(label) for label in labels], dtype=object)
-    if len(y) != X.shape[0]:
-        raise ValueError(
-            f"X has {X.shape[0]} rows but {len(y)} labels were given; pass one label per row."
-        )
-    return X, y
-
-
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Return ``X`` with every row scaled to unit L2 norm (zero rows stay zero), float64."""
-    return normalize_rows(np.asarray(X, dtype=np.float64))
-
-
-def compute_prototypes(X: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Concept prototypes: the mean of the L2-normalised rows of each concept.
-
-    Returns ``(names, P)`` with ``names`` sorted and ``P[k]`` (float32, not renormalised) the
-    prototype of ``names[k]``.
-    """
-    X, y = _check_xy(X, labels)
-    if len(y) == 0:
-        raise ValueError("compute_prototypes needs at least one row; got an empty X.")
-    Xn = l2_normalize(X)
-    names = sorted(set(y.tolist()))
-    P = np.stack([Xn[y == name].mean(axis=0) for name in names]).astype(np.float32)
-    return names, P
-
-
-def cosine_scores(X: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Cosine similarity ``[n, k]`` between each row of ``X`` and each prototype row of ``P``."""
-    return cosines(np.asarray(X, dtype=np.float64), np.asarray(P, dtype=np.float64))
 
 
 def _mean_offdiag(S: np.ndarray) -> float:
@@ -102,14 +62,14 @@ def disentanglement(
     """Score how well ``X`` separates by concept, given prototypes ``P`` for ``names``.
 
     ``prototype_accuracy`` classifies each row by its nearest prototype (cosine; ties go to
-    the earlier name). ``silhouette`` (cosine) and ``davies_bouldin`` (on L2-normalised rows)
+    the earlier name). ``silhouette`` (cosine) and ``davies_bouldin`` (on L2-normalized rows)
     are ``nan`` when fewer than two concepts are present or there are no more rows than
     concepts. ``intra_cos`` is the mean over concepts of the mean cosine between different
     items of a concept; ``inter_cos`` the mean cosine over all pairs from different concepts.
     """
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
-    X, y = _check_xy(X, labels)
+    X, y = check_rows(X, labels)
     names = [str(n) for n in names]
     P = np.asarray(P)
     if P.ndim != 2 or P.shape[0] != len(names):
@@ -122,8 +82,8 @@ def disentanglement(
             f"labels {unknown} are not among the prototype names {names}; compute the "
             "prototypes on data that covers every concept, or drop those rows."
         )
-    Xn = l2_normalize(X)
-    pred = np.asarray(names, dtype=object)[np.argmax(cosine_scores(Xn, P), axis=1)]
+    Xn = normalize_rows(X)
+    pred = np.asarray(names, dtype=object)[np.argmax(cosines(Xn, P), axis=1)]
     idx = {name: k for k, name in enumerate(names)}
     y_idx = np.array([idx[v] for v in y], dtype=int)
     p_idx = np.array([idx[v] for v in pred], dtype=int)
@@ -165,8 +125,8 @@ def probe_accuracy(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X_train, ytr = _check_xy(X_train, y_train)
-    X_test, yte = _check_xy(X_test, y_test)
+    X_train, ytr = check_rows(X_train, y_train)
+    X_test, yte = check_rows(X_test, y_test)
     if len(set(ytr.tolist())) < 2:
         raise ValueError("probe_accuracy needs at least two concepts in y_train.")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
@@ -183,7 +143,7 @@ def _ratio(w: float, spread: float) -> float:
 def ot_separation(
     X: np.ndarray, labels: Sequence[str], max_per_concept: int = 200, seed: int = 0
 ) -> dict:
-    """Optimal-transport separation between concepts, on L2-normalised rows.
+    """Optimal-transport separation between concepts, on L2-normalized rows.
 
     For each concept ``k`` its spread ``s_k`` is the root mean squared euclidean distance of
     its points to their mean. For each unordered pair ``(a, b)`` the 2-Wasserstein distance
@@ -201,10 +161,10 @@ def ot_separation(
     """
     import ot
 
-    X, y = _check_xy(X, labels)
+    X, y = check_rows(X, labels)
     if max_per_concept < 1:
         raise ValueError(f"max_per_concept must be >= 1; got {max_per_concept}.")
-    Xn = l2_normalize(X)
+    Xn = normalize_rows(X)
     rng = np.random.default_rng(seed)
     clouds: dict[str, np.ndarray] = {}
     for name in sorted(set(y.tolist())):

@@ -2,7 +2,7 @@
 probe on hidden states, fitted on train, thresholds set on calibration, scored on test.
 
 Their class probabilities are used as they come out of scikit-learn (no temperature), and go
-through the same :func:`seer.evaluation.monitoring.probability_metrics` as SEER's readout.
+through the same :func:`seer.evaluation.detection.probability_metrics` as SEER's readout.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from seer.evaluation.monitoring import probability_metrics
+from seer.evaluation.detection import probability_metrics
 
 __all__ = ["PROBES", "fit_probe", "probe_metrics"]
 

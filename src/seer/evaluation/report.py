@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from seer.evaluation.detection_report import monitoring_sections
 from seer.evaluation.figures import pyplot, save_figure
-from seer.evaluation.monitor_report import monitoring_sections
 
 logger = logging.getLogger(__name__)
 

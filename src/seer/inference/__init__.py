@@ -1,1 +1,2 @@
-"""inference"""
+"""Using a trained run: loading it, generation (plain and explained), monitors, the
+explainer facade, export and the OpenAI-compatible server."""

@@ -5,8 +5,6 @@ config's ``suppress_tokens``), the end-of-sequence ids, and multi-byte-safe incr
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Greedy", "TextStream", "cache_kwarg", "eos_ids", "forward", "left_pad"]
+from seer.core.architecture import accepts, cache_kwarg
+
+__all__ = ["Greedy", "TextStream", "eos_ids", "forward", "left_pad"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +34,6 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str,
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _model_type(model: Any) -> type:
-    """The class of the (PEFT-unwrapped) model, the key of :func:`_parameters`'s cache."""
-    return type(_base(model))
-
-
-@functools.lru_cache(maxsize=16)
-def _parameters(model_type: Any) -> frozenset[str]:
-    return frozenset(inspect.signature(model_type.forward).parameters)
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """The forward argument taking a KV cache: ``cache`` in newer transformers, else
-    ``past_key_values``."""
-    return "cache" if "cache" in _parameters(_model_type(model)) else "past_key_values"
-
-
 def forward(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -63,7 +43,7 @@ def forward(
 ) -> Any:
     """One forward pass that extends ``cache`` and keeps only the last position's logits."""
     kwargs: dict[str, Any] = {cache_kwarg(model): cache}
-    if "logits_to_keep" in _parameters(_model_type(model)):
+    if accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     return model(
         input_ids=input_ids,

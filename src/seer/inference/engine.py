@@ -12,9 +12,8 @@ with an explanation consumes it: ``Explainer.generate`` (a batch of one),
 
 The engine steps a backend (:mod:`seer.inference.backends`: Hugging Face by default, or
 an in-process vLLM engine), which runs the passes and hands the target layer's states over.
-The contract with the server is ``/work/coord/ENGINE.md``: events are token-centric (one per
-generated token, once the model has read it, plus one at the prompt's end); a row's last
-event carries its :class:`RowResult`.
+Events are token-centric (one per generated token, once the model has read it, plus one at
+the prompt's end); a row's last event carries its :class:`RowResult`.
 """
 
 from __future__ import annotations

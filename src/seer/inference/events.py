@@ -1,5 +1,5 @@
 """What the generation engine yields: one :class:`RowEvent` per token a row has read, the
-last one carrying the row's :class:`RowResult` (the contract: ``/work/coord/ENGINE.md``)."""
+last one carrying the row's :class:`RowResult`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seer.inference.readout import Explanation
+from seer.readout import Explanation
 
 __all__ = ["RowEvent", "RowResult"]
 

@@ -28,7 +28,7 @@ from seer.inference.backends import Backend
 from seer.inference.engine import Engine, RowResult
 from seer.inference.loaded import MAX_NEW_TOKENS, LoadedRun, check_context, check_request
 from seer.inference.monitor import Monitor
-from seer.inference.readout import Explanation
+from seer.readout import Explanation
 
 __all__ = [
     "MAX_NEW_TOKENS",
@@ -73,7 +73,7 @@ class Explainer:
         self.layer, self.positions = run.layer, run.positions
         self.concepts = self.readout.concepts
         self.prototypes = self.readout.prototypes
-        self.center = self.readout.center  # [P, H] or None (issue 19)
+        self.center = self.readout.center  # [P, H] or None (the centered representation)
         self.temperature, self.threshold = self.readout.temperature, self.readout.threshold
         self.max_length = self.loaded.max_length
         self.context = self.loaded.context  # the longest prompt + reply generated

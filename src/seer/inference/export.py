@@ -5,16 +5,17 @@ stack), and carries the run's ``seer.json`` and ``prototypes.safetensors``, so
 ``Explainer.from_run(out)`` works on it too. A server's own hook reads the explanation like
 this (``positions == ["last"]``; for ``["mean"]``, the mean of the block's states from the
 first token of the user's message, as the README's recipe reads it; with two positions,
-concatenate the normalised states at both, in the order of ``meta["positions"]``, and
+concatenate the normalized states at both, in the order of ``meta["positions"]``, and
 divide by ``sqrt(2)``; a run trained with
 ``--representation centered`` also stores ``center`` ``[P, H]`` in ``prototypes.safetensors``:
-subtract its row for each position before normalising, as the README's recipe does)::
+subtract its row for each position before normalizing, as the README's recipe does)::
 
     import json, torch, torch.nn.functional as F
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = json.load(open(f"{out}/seer.json"))  # layer, positions, concepts, calibration
+    assert meta.get("readout", {"kind": "prototypes"})["kind"] == "prototypes"  # this recipe
     protos = F.normalize(load_file(f"{out}/prototypes.safetensors")["prototypes"], dim=-1)
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     seen = {}
@@ -36,11 +37,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seer.core.folders import check_target, claim_output, replace_folder
 from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
+from seer.readout import readout_kind
 
 __all__ = ["export"]
 
@@ -52,8 +55,8 @@ def export(
     out_dir: str | Path,
     overwrite: bool = False,
     *,
-    model: Any = None,
-    tokenizer: Any = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Merge the run's LoRA adapter into its base model (float32, on the CPU) and write
     ``out_dir``: ``save_pretrained`` model and tokenizer, plus ``seer.json`` and
@@ -66,6 +69,7 @@ def export(
     run, peft_model, tokenizer = load_trained(
         run_dir, model=model, tokenizer=tokenizer, device="cpu"
     )
+    readout_kind(run.meta, run.path)  # a readout this seer cannot read is not exported
     merged = peft_model.merge_and_unload()
     merged.config.use_cache = True  # seer loads models with it off; serving wants it on
     with claim_output(

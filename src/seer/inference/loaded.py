@@ -21,7 +21,7 @@ from seer.core.models import context_length
 from seer.core.run import Run, load_run_model
 from seer.errors import SeerError
 from seer.inference.monitor import Monitor
-from seer.inference.readout import Readout
+from seer.readout import Readout
 
 __all__ = ["MAX_NEW_TOKENS", "LoadedRun", "check_context", "check_request"]
 
@@ -74,7 +74,11 @@ class LoadedRun:
         cls, path: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None
     ) -> LoadedRun:
         """Load a run folder (base model + adapter) or a folder written by ``seer export``."""
-        run, model, tokenizer = load_run_model(path, model=model, tokenizer=tokenizer)
+        run, model, tokenizer = load_run_model(
+            path,
+            model=model,
+            tokenizer=tokenizer,  # type: ignore[arg-type]  # a causal LM
+        )
         return cls(model, tokenizer, run, Readout.from_run(run))
 
     @classmethod

@@ -19,7 +19,7 @@ from seer.inference.decoding import TextStream
 from seer.inference.events import RowEvent, RowResult
 from seer.inference.loaded import LoadedRun
 from seer.inference.monitor import MAX_STEER, Monitor, MonitorState
-from seer.inference.readout import NONE, Reading
+from seer.readout import NONE, Reading
 
 __all__ = ["Closing", "Row", "advance", "closing", "final_events", "read_newest"]
 

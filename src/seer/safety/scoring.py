@@ -12,11 +12,11 @@ import numpy as np
 
 from seer.evaluation.evaluate import retention
 from seer.inference.explainer import Explainer, Generation, Monitor
+from seer.inference.general import general_text
 from seer.inference.monitor import replay
-from seer.safety.judge import safe_mask
+from seer.safety.judge import HarmJudge, safe_mask
 from seer.safety.refusal import refusal_rule as get_refusal_rule
 from seer.safety.tradeoff import plot_tradeoff, stop_curve
-from seer.training.retain import general_text
 
 __all__ = ["Evaluation", "draw_stop_curves", "is_degenerate", "stop_variant"]
 
@@ -92,7 +92,7 @@ class Evaluation:
         explainer: Explainer,
         bt: list[str],
         xst: list[str],
-        judge: Any,
+        judge: HarmJudge,
         out_dir: Path,
         settings: dict[str, Any],
         refusal_rule: str = "strict",

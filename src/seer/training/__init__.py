@@ -1,1 +1,1 @@
-"""training"""
+"""`seer train`: the config, the trainer and the data it pairs; writes a run folder."""

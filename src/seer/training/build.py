@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
-from transformers.pytorch_utils import Conv1D
 
+from seer.core.architecture import DEFAULT_TARGET_MODULES, get_layers, linear_names
 from seer.core.formatting import warn_truncated
-from seer.core.layers import get_layers
 from seer.core.memory import (
     FREE_SHARE,
     GIB,
@@ -33,7 +32,7 @@ from seer.core.memory import (
 )
 from seer.core.precision import choose_bf16
 from seer.errors import SeerError
-from seer.training.config import DEFAULT_TARGET_MODULES, TrainConfig
+from seer.training.config import TrainConfig
 from seer.training.health import HealthCallback, chance_loss, probe_steps
 from seer.training.pairs import (
     LENGTH_WINDOW,
@@ -66,7 +65,7 @@ logger = logging.getLogger(__name__)
 def default_layer(n_layers: int) -> int:
     """The block at 0.8 of the depth, ``floor(0.8 n)`` (at most the last): block 24 of
     SmolLM2's 30, 25 of a 32-block model (the paper's block for Llama-3.1-8B). Chosen by the
-    issue-19 study on BeaverTails-6 and MATH-7 (README, "Layer")."""
+    layer study on BeaverTails-6 and MATH-7 (README, "Layer")."""
     return min(n_layers - 1, (4 * n_layers) // 5)
 
 
@@ -78,11 +77,7 @@ def learning_rate(config: TrainConfig, model: torch.nn.Module) -> float:
 
 
 def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, mod in model.named_modules()
-        if isinstance(mod, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2's linear layers
-    }
+    names = linear_names(model)
     found = [t for t in wanted if t in names]
     if not found:
         raise SeerError(
@@ -266,7 +261,7 @@ def schedule(config: TrainConfig, train_rows: Sequence[dict], n_retain: int) -> 
 
 
 def _probe_steps(config: TrainConfig, n_pairs: int) -> frozenset[int]:
-    """The steps whose loss parts' gradient shares the health check reads (issue 19)."""
+    """The steps whose loss parts' gradient shares the health check reads."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = config.batch_size * world * (config.gradient_accumulation_steps or 1)
     return probe_steps(n_pairs // per_step, config.health_check_at, config.warmup_steps)

@@ -1,5 +1,5 @@
 """Which checkpoint an interrupted run resumes from: the newest one whose every file reads
-back whole, since a resume must be exact or say what it cannot restore (issue 40). A
+back whole, since a resume must be exact or say what it cannot restore. A
 damaged newer one is set aside (``checkpoints/damaged-checkpoint-N``), with a warning; with
 none left, the run refuses in one line."""
 

@@ -7,31 +7,16 @@ Defaults reproduce the SEER paper unless a field's help says otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from functools import partial
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from seer.core.architecture import DEFAULT_TARGET_MODULES
+from seer.core.fields import option
 from seer.core.formatting import POSITIONS
-from seer.core.normalise import REPRESENTATIONS, RETAIN_L2_FORMS
+from seer.core.normalize import REPRESENTATIONS, RETAIN_L2_FORMS
 from seer.errors import MissingPackageError, SeerError
 
-__all__ = [
-    "DEFAULT_TARGET_MODULES",
-    "MAX_TEMPERATURE",
-    "MIN_TEMPERATURE",
-    "TRAINER_FIELDS",
-    "TrainConfig",
-]
-
-DEFAULT_TARGET_MODULES = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+__all__ = ["MAX_TEMPERATURE", "MIN_TEMPERATURE", "TRAINER_FIELDS", "TrainConfig"]
 
 # TrainConfig fields that are TrainingArguments fields of the same name and meaning.
 TRAINER_FIELDS = (
@@ -49,10 +34,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, tuple, dict)):
-        return field(default_factory=partial(type(default), default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+_f = option  # every field below: a default and its help
 
 
 # --temperature: the contrastive logits are cosines / tau; below 1e-3 they overflow the loss.
@@ -134,7 +116,7 @@ class TrainConfig:
         "default: why, in docs/training.md)",
     )
     temperature: float = _f(0.1, "contrastive temperature tau")
-    # issue 19: both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
+    # Both stay at the paper's forms until measured on real data (BeaverTails-6, MATH-7).
     representation: Literal["raw", "centered"] = _f(
         "raw",
         "'raw': the cosine of the hidden states as they are (the paper); 'centered': of the "
@@ -306,7 +288,7 @@ class TrainConfig:
             raise SeerError(f"--layer must be >= 0 (0 is the first block), got {self.layer}")
 
     def _check_forms(self) -> None:
-        """``representation``, ``retain_l2_form`` and ``health_check_at`` (issue 19)."""
+        """``representation``, ``retain_l2_form`` and ``health_check_at``."""
         if self.representation not in REPRESENTATIONS:
             raise SeerError(
                 f"--representation must be one of {REPRESENTATIONS}, got {self.representation!r}"

@@ -79,7 +79,7 @@ class HealthCallback(TrainerCallback):
     (``tolerance``: on SmolLM2 the runs whose contrastive loss had not left chance sat within
     2.1% of it at the check, runs that learned 4.8% or more below it; docs/results.md.)
 
-    (A centred representation starts well above chance, since centred states of one batch
+    (A centered representation starts well above chance, since centered states of one batch
     have negative cosines on average, and falls towards a floor set by the number of
     positives, ``log`` of it, which can lie above chance too: "below chance" alone would
     misjudge it. A loss that comes back to chance, e.g. every representation collapsing onto
@@ -133,7 +133,7 @@ class HealthCallback(TrainerCallback):
         at_chance = abs(value - self.chance) <= self.tolerance * self.chance
         first = self._first if self._first is not None else value
         # The fall is measured from the first logged value only where that lies above chance
-        # (a centred run): a first value below chance is the mean of a logging interval that
+        # (a centered run): a first value below chance is the mean of a logging interval that
         # has already learned, and measured from it a run that learns can look stuck.
         stuck = first > self.chance and value >= first * (1 - self.min_fall)
         if not (at_chance or stuck):

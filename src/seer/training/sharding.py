@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seer.core.layers import get_layers
+from seer.core.architecture import get_layers
 from seer.errors import SeerError
 
 __all__ = [

@@ -19,19 +19,17 @@ from transformers.trainer_utils import TrainOutput
 from seer.core.data import load_concepts, load_prompts
 from seer.core.folders import Claim, claim_output
 from seer.core.models import clamp_max_length, ensure_pad_token, fingerprint, load_model
-from seer.core.normalise import state_mean
-from seer.core.represent import from_raw, representations
 from seer.core.run import check_output, finalize, last_checkpoint, partial_dir, write_meta
 from seer.core.splits import split_three
 from seer.core.tables import read_jsonl, write_jsonl
 from seer.errors import SeerError
-from seer.evaluation.calibration import fit_calibration
-from seer.evaluation.metrics import compute_prototypes
+from seer.inference.general import general_text
+from seer.readout import FittedReadout, fit_readout, record
 from seer.training.build import build_trainer, default_layer, resolve_layer
 from seer.training.checkpoints import resumable_checkpoint
 from seer.training.config import TrainConfig
 from seer.training.pairs import schedule_length
-from seer.training.retain import general_text, load_retain
+from seer.training.retain import load_retain
 from seer.training.sharding import check_engine, gather_for_inference, is_sharded
 from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
@@ -44,8 +42,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "calibration", "test")
 
 Rows = tuple[list[dict], list[dict], list[dict]]  # the train, calibration and test rows
-#: What :func:`_readout` returns: concept names, prototypes, calibration, center.
-Readout = tuple[list[str], np.ndarray, dict[str, Any], torch.Tensor | None]
 
 
 def _barrier() -> None:
@@ -138,47 +134,23 @@ def _readout(
     tokenizer: PreTrainedTokenizerBase,
     rows: Rows,
     progress: bool,
-) -> Readout:
-    """Prototypes from the training split (``rows[0]``); the temperature and the ``none``
-    threshold from the calibration split (``rows[1]``) only, never the test split; for the
-    'centered' representation, around the trained model's mean state on the training split
-    (issue 19), returned as the fourth item (None for 'raw')."""
+) -> FittedReadout:
+    """The trained model's readout: prototypes from the training split (``rows[0]``), the
+    temperature and the ``none`` threshold from the calibration split (``rows[1]``) only."""
     model = trainer.model
     assert model is not None  # the trained model
-
-    def reps(split: list[dict], what: str, **kw: Any) -> np.ndarray:
-        return representations(
-            model,
-            tokenizer,
-            split,
-            [trainer.layer],
-            config.positions,
-            max_length=config.max_length,
-            layers_path=config.layers_path,
-            progress=what if progress else False,
-            **kw,
-        )[trainer.layer]
-
-    raw_train, n_pos = reps(rows[0], "prototypes", raw=True), len(config.positions)
-    center = None
-    if config.representation == "centered":
-        center = state_mean(torch.from_numpy(raw_train).reshape(len(raw_train), n_pos, -1))
-    concepts = [r["concept"] for r in rows[0]]
-    names, protos = compute_prototypes(from_raw(raw_train, n_pos, center), concepts)
-    calibration = fit_calibration(
+    return fit_readout(
         model,
         tokenizer,
+        rows[0],
         rows[1],
-        names,
-        protos,
         layer=trainer.layer,
         positions=config.positions,
         max_length=config.max_length,
         layers_path=config.layers_path,
+        centered=config.representation == "centered",
         progress=progress,
-        center=center,
     )
-    return names, protos, calibration, center
 
 
 def _write_run(
@@ -186,10 +158,9 @@ def _write_run(
     config: TrainConfig,
     partial: Path,
     rows: Rows,
-    readout: Readout,
+    readout: FittedReadout,
     info: dict[str, Any],
 ) -> None:
-    names, protos, calibration, center = readout
     peft_model: Any = trainer.model  # build_trainer's PeftModel: this writes the adapter
     peft_model.save_pretrained(str(partial / "adapter"))
     clock: RunClock = info["clock"]
@@ -217,10 +188,11 @@ def _write_run(
         "layer": trainer.layer,
         "n_layers": info["n_layers"],
         "positions": list(config.positions),
-        "concepts": names,
+        "concepts": readout.concepts,
         "learning_rate": trainer.args.learning_rate,
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "float32",
-        "calibration": calibration,
+        "readout": record(),
+        "calibration": readout.calibration,
         "health": trainer.health.warnings,
         "train": {
             "steps": trainer.state.global_step,
@@ -232,7 +204,8 @@ def _write_run(
             "train_loss": train_loss,
         },
     }
-    write_meta(partial, meta, torch.from_numpy(np.asarray(protos)), center=center)
+    prototypes = torch.from_numpy(np.asarray(readout.prototypes))
+    write_meta(partial, meta, prototypes, center=readout.center)
 
 
 def train(

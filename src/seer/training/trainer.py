@@ -17,7 +17,7 @@ With ``micro_batch_size`` below the batch, the step is done by gradient caching
 
 The passes return the raw states at the read positions; :meth:`SeerTrainer._contrastive` makes
 them representations, for ``--representation centered`` around the mean state of the whole
-contrastive batch (every micro-batch of it; issue 19, :mod:`seer.core.normalise`).
+contrastive batch (every micro-batch of it; :mod:`seer.core.normalize`).
 """
 
 # One Trainer subclass, kept whole (about 380 lines) so a step reads top to bottom.
@@ -36,10 +36,11 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import Trainer
 
-from seer.core import losses, normalise
+from seer.core import losses, normalize
+from seer.core.architecture import logit_softcap
 from seer.core.layers import capture_final_states, capture_layers, run_until
 from seer.core.memory import set_checkpointing
-from seer.core.represent import normalise_states, pick_positions
+from seer.core.represent import normalize_states, pick_positions
 from seer.errors import SeerError
 from seer.training.config import TrainConfig
 from seer.training.gradcache import batch_lengths, micro_batches, rng_state, set_rng_state
@@ -92,7 +93,7 @@ class SeerTrainer(Trainer):
     """``Trainer`` with SEER's loss. Overrides ``compute_loss``, ``training_step`` (gradient
     caching, the DDP gradient average), ``log`` and the sampler."""
 
-    health: HealthCallback  # set by build_trainer: the training-health check (issue 19)
+    health: HealthCallback  # set by build_trainer: the training-health check
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class SeerTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.seer_config, self.layer = seer_config, layer
-        # issue 19: the 0-based steps at which each loss part's share of the gradient is
+        # The 0-based steps at which each loss part's share of the gradient is
         # measured for the health check (steps done at once, not by gradient caching).
         self.gradient_probe_steps = gradient_probe_steps
         self.memory_note = ""  # set by build_trainer: the step's estimated peak, for OOM errors
@@ -162,7 +163,7 @@ class SeerTrainer(Trainer):
     def _kl(self, model: Any, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         hf = model.get_base_model()
         head = hf.get_output_embeddings()
-        cap = getattr(hf.config, "final_logit_softcapping", None)
+        cap = logit_softcap(hf.config)
         return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
     def _representations(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -221,7 +222,7 @@ class SeerTrainer(Trainer):
         if retain is not None:
             share = 1.0 if counts is None else int(retain["attention_mask"].sum()) / counts[0]
             refs = [ref_hidden[i] for i in adapted]
-            l2 = losses.retain_l2 if cfg.retain_l2_form == "raw" else normalise.relative_retain_l2
+            l2 = losses.retain_l2 if cfg.retain_l2_form == "raw" else normalize.relative_retain_l2
             parts["retain_l2"] = share * l2(mine, refs, retain["attention_mask"])
             retain_loss = retain_loss + cfg.retain_l2_weight * parts["retain_l2"]
         if use_kl:
@@ -244,8 +245,8 @@ class SeerTrainer(Trainer):
                 gather_with_grad(s2),
                 gather_with_grad(concepts),
             )
-        center = normalise.batch_center([s1, s2]) if cfg.representation == "centered" else None
-        z1, z2 = normalise_states(s1, center), normalise_states(s2, center)
+        center = normalize.batch_center([s1, s2]) if cfg.representation == "centered" else None
+        z1, z2 = normalize_states(s1, center), normalize_states(s2, center)
         if cfg.objective == "paper":
             return losses.info_nce(z1, z2, cfg.temperature), z1, z2, concepts
         both = torch.cat([concepts, concepts])
@@ -316,7 +317,7 @@ class SeerTrainer(Trainer):
 
         1. every micro-batch's states ``s1, s2`` at the read positions without grad (its random
            state kept);
-        2. the contrastive loss over all of them (a centred representation around the whole
+        2. the contrastive loss over all of them (a centered representation around the whole
            batch's mean), and its gradient with respect to each ``s``;
         3. each micro-batch again with grad, back-propagating ``s . grad_s`` plus its retain
            terms (per-token means, weighted by the micro-batch's share of the batch's tokens).
@@ -382,7 +383,7 @@ class SeerTrainer(Trainer):
         return (loss, {"z1": z1, "z2": z2}) if return_outputs else loss
 
     def _probe_gradients(self, parts: dict[str, torch.Tensor], model: nn.Module) -> None:
-        """Each weighted loss part's share of the gradient, for the health check (issue 19)."""
+        """Each weighted loss part's share of the gradient, for the health check."""
         cfg = self.seer_config
         weights = {"contrastive": cfg.contrastive_weight, "retain_l2": cfg.retain_l2_weight}
         weighted = {k: weights.get(k, cfg.kl_weight) * v for k, v in parts.items()}

@@ -13,8 +13,8 @@ from seer.inference.cache import KV, new_cache
 from seer.inference.decoding import Greedy, cache_kwarg, forward, left_pad
 from seer.inference.events import RowEvent
 from seer.inference.loaded import LoadedRun
-from seer.inference.readout import Reading
 from seer.inference.rows import Row, advance, closing, final_events, final_states, read_newest
+from seer.readout import Reading
 
 __all__ = ["HFBackend", "HFPasses"]
 

@@ -36,7 +36,6 @@ from seer.inference.backends.vllm_adapter import Pass, VllmEngine, check_vllm
 from seer.inference.decoding import Greedy
 from seer.inference.events import RowEvent
 from seer.inference.loaded import LoadedRun
-from seer.inference.readout import Reading
 from seer.inference.rows import (
     Closing,
     Row,
@@ -46,6 +45,7 @@ from seer.inference.rows import (
     final_states,
     read_newest,
 )
+from seer.readout import Reading
 
 __all__ = ["DTYPES", "VllmBackend", "model_folder"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from seer.core.layers import get_layers
+from seer.core.architecture import get_layers
 from seer.errors import SeerError
 
 __all__ = ["VLLM_VERSION", "Pass", "VllmEngine", "check_vllm"]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from seer.errors import SeerError
+from seer.inference.monitor import Monitor
+from seer.readout import Explanation
 
 __all__ = ["render_html", "static_text", "write_html"]
 
@@ -61,7 +63,9 @@ def static_text(name: str) -> str:
     return static.joinpath(name).read_text("utf-8")
 
 
-def _view_data(explanation: Any, monitor: Any, concepts: list[str] | None) -> dict[str, Any]:
+def _view_data(
+    explanation: Explanation, monitor: Monitor | None, concepts: list[str] | None
+) -> dict[str, Any]:
     names = concepts or sorted(str(r["concept"]) for r in explanation.ranking)
     tokens = [
         {"index": j, "text": t["token"], "top": t["top"], "probabilities": t["probabilities"]}
@@ -77,7 +81,7 @@ def _view_data(explanation: Any, monitor: Any, concepts: list[str] | None) -> di
             "acted": at is not None,
             "at": at,
         }
-    stopped = report is not None and at is not None and monitor.mode == "stop"
+    stopped = monitor is not None and at is not None and monitor.mode == "stop"
     final = {
         "explanation": {"top": explanation.top, "ranking": explanation.ranking},
         "monitor": report,
@@ -88,10 +92,10 @@ def _view_data(explanation: Any, monitor: Any, concepts: list[str] | None) -> di
 
 
 def render_html(
-    explanation: Any,
+    explanation: Explanation,
     *,
     prompt: str = "",
-    monitor: Any = None,
+    monitor: Monitor | None = None,
     concepts: list[str] | None = None,
 ) -> str:
     """The view of ``explanation`` (what ``Explainer.generate`` returns) as one HTML page.
@@ -109,10 +113,10 @@ def render_html(
 
 def write_html(
     path: str | Path,
-    explanation: Any,
+    explanation: Explanation,
     *,
     prompt: str = "",
-    monitor: Any = None,
+    monitor: Monitor | None = None,
     concepts: list[str] | None = None,
 ) -> Path:
     """Write :func:`render_html`'s page to ``path`` (what ``seer explain --html`` does)."""

@@ -9,6 +9,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from seer.inference.events import RowEvent, RowResult
+from seer.inference.monitor import Monitor
+
 __all__ = [
     "Context",
     "completion",
@@ -37,7 +40,7 @@ def sse(obj: Any) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def readout(event: Any, concepts: list[str]) -> dict[str, Any]:
+def readout(event: RowEvent, concepts: list[str]) -> dict[str, Any]:
     """The readout after the model has read one token (``index`` -1: the prompt's end):
     the top concept (``none`` below the calibrated threshold) and every concept's
     calibrated probability."""
@@ -51,7 +54,7 @@ def readout(event: Any, concepts: list[str]) -> dict[str, Any]:
     }
 
 
-def monitor_fields(monitor: Any) -> dict[str, Any]:
+def monitor_fields(monitor: Monitor) -> dict[str, Any]:
     """A monitor's settings as JSON (its vector, if any, as its length)."""
     vector = getattr(monitor, "vector", None)
     return {
@@ -65,7 +68,7 @@ def monitor_fields(monitor: Any) -> dict[str, Any]:
     }
 
 
-def monitor_report(monitor: Any, result: Any) -> dict[str, Any] | None:
+def monitor_report(monitor: Monitor | None, result: RowResult) -> dict[str, Any] | None:
     """Whether and where the request's monitor acted (``None`` without a monitor)."""
     if monitor is None:
         return None
@@ -78,14 +81,14 @@ def monitor_report(monitor: Any, result: Any) -> dict[str, Any] | None:
     }
 
 
-def final_seer(monitor: Any, result: Any) -> dict[str, Any]:
+def final_seer(monitor: Monitor | None, result: RowResult) -> dict[str, Any]:
     return {
-        "explanation": result.explanation.to_dict(),
+        "explanation": None if result.explanation is None else result.explanation.to_dict(),
         "monitor": monitor_report(monitor, result),
     }
 
 
-def usage(prompt_tokens: int, result: Any) -> dict[str, int]:
+def usage(prompt_tokens: int, result: RowResult) -> dict[str, int]:
     n = len(result.tokens)
     return {
         "prompt_tokens": prompt_tokens,
@@ -107,7 +110,7 @@ def _chunk(ctx: Context, delta: dict, finish: str | None, seer: dict | None) -> 
     return out
 
 
-def delta_chunk(ctx: Context, event: Any, concepts: list[str]) -> dict[str, Any]:
+def delta_chunk(ctx: Context, event: RowEvent, concepts: list[str]) -> dict[str, Any]:
     """The chunk of one token (the first one, the prompt's end, opens the assistant turn)."""
     # A stop monitor's last event: the token that tipped it is not shown (the refusal follows).
     text = "" if event.finish_reason == "monitor" else event.text
@@ -115,20 +118,22 @@ def delta_chunk(ctx: Context, event: Any, concepts: list[str]) -> dict[str, Any]
     return _chunk(ctx, delta, None, {"readout": readout(event, concepts)})
 
 
-def final_chunk(ctx: Context, monitor: Any, result: Any) -> dict[str, Any]:
+def final_chunk(ctx: Context, monitor: Monitor | None, result: RowResult) -> dict[str, Any]:
     """The closing chunk: the finish reason (``monitor``: a stop monitor ended the reply, and
     the delta is its refusal) and the final explanation."""
     delta = {"content": result.reply} if result.finish_reason == "monitor" else {}
     return _chunk(ctx, delta, result.finish_reason, final_seer(monitor, result))
 
 
-def usage_chunk(ctx: Context, prompt_tokens: int, result: Any) -> dict[str, Any]:
+def usage_chunk(ctx: Context, prompt_tokens: int, result: RowResult) -> dict[str, Any]:
     out = _chunk(ctx, {}, None, None)
     out["choices"], out["usage"] = [], usage(prompt_tokens, result)
     return out
 
 
-def completion(ctx: Context, prompt_tokens: int, monitor: Any, result: Any) -> dict[str, Any]:
+def completion(
+    ctx: Context, prompt_tokens: int, monitor: Monitor | None, result: RowResult
+) -> dict[str, Any]:
     """The non-streamed response (a stop monitor's refusal is also in ``message.refusal``)."""
     refusal = result.reply if result.finish_reason == "monitor" else None
     return {

@@ -1,5 +1,5 @@
-"""Pure monitoring metrics on class probabilities: calibration, detection at a fixed FPR,
-selective prediction.
+"""How well class probabilities detect each concept (pure): calibration, detection at a fixed
+FPR, selective prediction; the figures a monitor is judged by.
 
 Every function takes NumPy arrays (probabilities ``[n, k]`` whose rows sum to 1, integer
 targets ``[n]``, or one score per row) and returns plain Python types for ``json.dump``.

@@ -1,9 +1,9 @@
-"""The readout: a representation compared with the run's concept prototypes.
+"""Reading a representation: a run's concept prototypes and calibration applied to it.
 
 Prototypes -> cosines -> calibrated probabilities (``softmax(cos / T)``) -> ``none`` below the
 calibrated threshold; the position layout (``last``, ``user_end``, ``mean``) and the steering
-direction. Pure tensor/numpy code with no model: used by training (prototypes, calibration),
-evaluation, the explainer, the generation engine and export.
+direction. Pure tensor/numpy code with no model: used by evaluation, the explainer, the
+generation engine and export.
 
     readout = Readout.from_run(read_run("runs/bt"))
     reading = readout.read(readout.vectors(user_end_state, last_states))
@@ -12,50 +12,21 @@ evaluation, the explainer, the generation engine and export.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from seer.core.run import Run
 from seer.errors import SeerError
+from seer.readout.cosine import cosines, normalize_rows, softmax_probabilities
+from seer.readout.record import readout_kind
 
-__all__ = [
-    "NONE",
-    "Explanation",
-    "Reading",
-    "Readout",
-    "cosines",
-    "normalize_rows",
-    "softmax_probabilities",
-]
+__all__ = ["NONE", "Explanation", "Reading", "Readout"]
 
 NONE = "none"
-Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
-
-
-def normalize_rows(x: Rows) -> Rows:
-    """Every row scaled to unit L2 norm (zero rows stay zero): tensors in float32, arrays in
-    float64. The one row normalisation of seer's cosines."""
-    if isinstance(x, torch.Tensor):
-        return F.normalize(x.float(), dim=-1)
-    return F.normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), dim=-1).numpy()
-
-
-def cosines(x: Rows, prototypes: Rows) -> Rows:
-    """Cosine similarity ``[n, K]`` of each row of ``x`` ``[n, D]`` with each prototype."""
-    return normalize_rows(x) @ normalize_rows(prototypes).T
-
-
-def softmax_probabilities(cos: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated concept probabilities ``softmax(cos / temperature)`` (float64)."""
-    logits = np.asarray(cos, dtype=np.float64) / temperature
-    logits -= logits.max(axis=-1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -99,9 +70,11 @@ class Readout:
     ) -> None:
         self.concepts = list(concepts)
         self.positions = tuple(positions)
+        # as given, for reading arrays in float64 (evaluation): normalized after the cast
+        self._given = prototypes.detach().cpu().double().numpy()
         self.prototypes = normalize_rows(prototypes)  # [K, D] float32, unit rows
-        # [P, H] subtracted from each position's state before normalising (runs trained with
-        # --representation centered, issue 19); None: the raw representation
+        # [P, H] subtracted from each position's state before normalizing (runs trained with
+        # --representation centered); None: the raw representation
         self.center = None if center is None else center.float()
         self.temperature, self.threshold = float(temperature), float(threshold)
         if self.prototypes.shape[0] != len(self.concepts):
@@ -112,6 +85,8 @@ class Readout:
 
     @classmethod
     def from_run(cls, run: Run) -> Readout:
+        """The readout recorded in a run folder (its kind checked first)."""
+        readout_kind(run.meta, run.path)
         calibration = run.calibration
         return cls(
             run.concepts,
@@ -120,6 +95,24 @@ class Readout:
             float(calibration["temperature"]),
             float(calibration["threshold"]),
             run.center,
+        )
+
+    @classmethod
+    def fitted(
+        cls,
+        concepts: Sequence[str],
+        prototypes: np.ndarray,
+        calibration: Mapping[str, float],
+        positions: Sequence[str] = ("last",),
+    ) -> Readout:
+        """A readout from prototypes ``[K, D]`` and a calibration dict (``temperature``,
+        ``threshold``), e.g. the base model's, fitted in evaluation."""
+        return cls(
+            concepts,
+            torch.from_numpy(np.asarray(prototypes)),
+            positions,
+            float(calibration["temperature"]),
+            float(calibration["threshold"]),
         )
 
     @property
@@ -138,7 +131,7 @@ class Readout:
         """Representations ``[n, D]``: 'last' := each row of ``tokens`` ``[n, H]``, 'user_end'
         := ``user_end`` (``[H]`` or ``[n, H]``), 'mean' := each row of ``mean`` ``[n, H]`` (the
         mean state of the span read so far); each minus the run's center (if it has one),
-        normalised, concatenated in the run's position order and divided by
+        normalized, concatenated in the run's position order and divided by
         ``sqrt(#positions)`` (unit norm, as in training)."""
         if "mean" in self.positions and mean is None:
             raise ValueError("this run reads the 'mean' span: pass its mean states")
@@ -153,7 +146,15 @@ class Readout:
         return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 
     def read(self, vectors: torch.Tensor) -> Reading:
-        cos = cosines(vectors, self.prototypes.to(vectors.device)).cpu().numpy()
+        """The reading of representations ``[n, D]`` (float32, on their device)."""
+        return self._reading(cosines(vectors, self.prototypes.to(vectors.device)).cpu().numpy())
+
+    def read_array(self, X: np.ndarray) -> Reading:
+        """The reading of representation rows ``[n, D]`` held as an array, in float64 (the
+        prototypes as given, normalized in float64): the figures of ``seer evaluate``."""
+        return self._reading(cosines(np.asarray(X, dtype=np.float64), self._given))
+
+    def _reading(self, cos: np.ndarray) -> Reading:
         best = cos.argmax(axis=-1)
         top = [
             self.concepts[k] if c[k] >= self.threshold else NONE

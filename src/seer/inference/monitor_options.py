@@ -1,12 +1,13 @@
-"""The monitor options, declared once: ``seer explain``, ``seer detox-eval`` (and ``seer
-serve``) take them as one argument group and turn them into :class:`Monitor` objects."""
+"""The monitor options, declared once: ``seer explain``, ``seer detox-eval`` and ``seer serve``
+take them as one argument group and turn them into :class:`~seer.inference.monitor.Monitor`
+objects. No torch here: the command line imports it."""
 
 from __future__ import annotations
 
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from seer.commands.options import option
+from seer.core.fields import option
 from seer.errors import SeerError
 
 if TYPE_CHECKING:

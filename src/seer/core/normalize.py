@@ -10,7 +10,7 @@ contrastive loss and cosine prototypes see little else. The pure functions here 
 - :func:`relative_retain_l2`: each token's distance divided by its reference state's norm, so
   the term is a proportion, the same for the model scaled by any factor, and every token weighs
   the same whatever its norm;
-- the ``centered`` representation ``normalise(h - center)``. In training the center is the
+- the ``centered`` representation ``normalize(h - center)``. In training the center is the
   mean state of the contrastive batch (:func:`batch_center`, with its gradient), so that a
   shift shared by every text changes nothing and training cannot lower the loss by moving all
   representations together (with a fixed center it can, and on a tiny model with a large

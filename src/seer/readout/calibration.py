@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from seer.core.represent import representations
-from seer.inference.readout import cosines, softmax_probabilities
+from seer.readout.cosine import cosines, softmax_probabilities
 
-__all__ = ["calibrate", "fit_calibration", "softmax_probabilities"]
+__all__ = ["calibrate"]
 
 
 def calibrate(
@@ -53,33 +52,3 @@ def calibrate(
         f"{fitted_on}_accuracy": float((cos.argmax(axis=1) == target).mean()),
         f"{fitted_on}_nll": float(best.fun),
     }
-
-
-def fit_calibration(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[dict],
-    names: Sequence[str],
-    prototypes: np.ndarray,
-    *,
-    layer: int,
-    positions: Sequence[str],
-    max_length: int,
-    layers_path: str | None,
-    progress: bool = False,
-    center: Any = None,
-) -> dict[str, Any]:
-    """Representations of the calibration ``rows`` at ``layer`` (around ``center``, for a
-    centred run), then :func:`calibrate`."""
-    reps = representations(
-        model,
-        tokenizer,
-        rows,
-        [layer],
-        positions,
-        max_length=max_length,
-        layers_path=layers_path,
-        progress="calibration" if progress else False,
-        centers={layer: center},
-    )[layer]
-    return calibrate(reps, [r["concept"] for r in rows], names, prototypes)

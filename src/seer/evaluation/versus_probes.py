@@ -1,9 +1,9 @@
 """SEER's readout and the external probes as monitors, on one run's train / calibration / test
 representations, and the concept-by-concept comparison between them.
 
-The readout is ``softmax(cos(x, prototypes) / T)`` with the ``none`` answer when the best
-cosine is below the threshold; ``T`` and the threshold come from the calibration split (for
-SEER: stored at training; for the base model: fitted here, on the base calibration rows).
+The readout (:mod:`seer.readout`) is read here as inference reads it; its temperature and
+threshold come from the calibration split (for SEER: stored at training; for the base model:
+fitted here, on the base calibration rows).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from seer.evaluation.calibration import calibrate, softmax_probabilities
-from seer.evaluation.metrics import compute_prototypes, cosine_scores
-from seer.evaluation.monitoring import probability_metrics, selective_curve
+from seer.evaluation.detection import probability_metrics, selective_curve
 from seer.evaluation.probes import PROBES, probe_metrics
+from seer.readout import NONE, Readout, calibrate, compute_prototypes, cosines
 
 __all__ = [
     "MATCH_TOLERANCE",
@@ -33,25 +32,26 @@ MATCH_TOLERANCE = 0.01
 def readout_metrics(
     reps: Mapping[str, np.ndarray],
     targets: Mapping[str, np.ndarray],
-    names: Sequence[str],
-    prototypes: np.ndarray,
-    calibration: Mapping[str, float],
+    readout: Readout,
 ) -> dict:
-    """Probability metrics of the prototype readout plus its ``none`` answer on test: the share
-    answered ``none``, the accuracy on the rest, and the selective-prediction curve (rows
-    ranked by best cosine, the score the ``none`` threshold cuts)."""
-    temperature, threshold = float(calibration["temperature"]), float(calibration["threshold"])
-    cos = {s: cosine_scores(reps[s], prototypes) for s in ("calibration", "test")}
-    probs = {s: softmax_probabilities(c, temperature) for s, c in cos.items()}
+    """Probability metrics of the readout plus its ``none`` answer on test: the share answered
+    ``none``, the accuracy on the rest, and the selective-prediction curve (rows ranked by
+    best cosine, the score the ``none`` threshold cuts)."""
+    read = {s: readout.read_array(reps[s]) for s in ("calibration", "test")}
     out = probability_metrics(
-        probs["calibration"], targets["calibration"], probs["test"], targets["test"], names
+        read["calibration"].probabilities,
+        targets["calibration"],
+        read["test"].probabilities,
+        targets["test"],
+        readout.concepts,
     )
-    best = cos["test"].max(axis=1)
-    correct = cos["test"].argmax(axis=1) == np.asarray(targets["test"])
-    answered = best >= threshold
-    out["temperature"] = temperature
+    cos = read["test"].cosines
+    best = cos.max(axis=1)
+    correct = cos.argmax(axis=1) == np.asarray(targets["test"])
+    answered = np.array([top != NONE for top in read["test"].top], dtype=bool)
+    out["temperature"] = readout.temperature
     out["none"] = {
-        "threshold": threshold,
+        "threshold": readout.threshold,
         "share": float(1 - answered.mean()),
         "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
         "selective": selective_curve(best, correct),
@@ -61,12 +61,12 @@ def readout_metrics(
 
 def base_calibration(
     reps: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[str]], fitted_on: str
-) -> tuple[list[str], np.ndarray, dict]:
+) -> tuple[Readout, np.ndarray]:
     """The base model's readout as SEER builds its own: prototypes from train, temperature and
-    threshold fitted on ``reps["calibration"]``."""
+    threshold fitted on ``reps["calibration"]``; and its prototypes as computed."""
     names, protos = compute_prototypes(reps["train"], labels["train"])
     fit = calibrate(reps["calibration"], labels["calibration"], names, protos, fitted_on=fitted_on)
-    return names, protos, fit
+    return Readout.fitted(names, protos, fit), protos
 
 
 def best_layer(
@@ -80,7 +80,7 @@ def best_layer(
     scores = {}
     for layer in sorted(reps_train):
         names, protos = compute_prototypes(reps_train[layer], y_train)
-        pred = np.asarray(names)[cosine_scores(reps_cal[layer], protos).argmax(axis=1)]
+        pred = np.asarray(names)[cosines(reps_cal[layer], protos).argmax(axis=1)]
         scores[int(layer)] = float(np.mean(pred == np.asarray(y_cal)))
     return max(scores, key=lambda k: (scores[k], -k)), scores
 

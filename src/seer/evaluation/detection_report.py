@@ -1,5 +1,6 @@
-"""The monitoring part of the report: tables for ``metrics["monitoring"]`` and
-``metrics["faithfulness"]``, a reliability diagram and a selective-prediction figure."""
+"""The detection part of the report (how well the readout and the probes would monitor):
+tables for ``metrics["monitoring"]`` and ``metrics["faithfulness"]``, a reliability diagram
+and a selective-prediction figure."""
 
 from __future__ import annotations
 
@@ -128,11 +129,16 @@ def _none(monitoring: Mapping) -> list[str]:
     return ["### The `none` answer (test)", ""] + _table(header, rows)
 
 
+#: Keys an ``eval/metrics.json`` written before seer settled on one spelling may hold instead.
+OLD_SPELLING = {"centered": "centred"}
+
+
 def _faithfulness(faith: Mapping) -> list[str]:
     rows = []
     for model, label in (("base", "base"), ("seer", "SEER")):
-        for variant in ("span", "centred"):
-            v = (faith.get(model) or {}).get(variant)
+        for variant in ("span", "centered"):
+            found = faith.get(model) or {}
+            v = found.get(variant) or found.get(OLD_SPELLING.get(variant, variant))
             if v:
                 rows.append(
                     [
@@ -158,7 +164,7 @@ def _faithfulness(faith: Mapping) -> list[str]:
             else ""
         )
         + f"; random: {some['n_draws']} seeded draws of the same dimension (mean ± std). "
-        "span: the prototypes; centred: the prototypes minus their mean."
+        "span: the prototypes; centered: the prototypes minus their mean."
     )
     header = ["model", "subspace", "dim", "KL prototypes", "KL random", "ratio"]
     return ["## Causal faithfulness", "", intro, ""] + _table(header, rows)
