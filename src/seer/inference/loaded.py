@@ -74,11 +74,8 @@ class LoadedRun:
         cls, path: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None
     ) -> LoadedRun:
         """Load a run folder (base model + adapter) or a folder written by ``seer export``."""
-        run, model, tokenizer = load_run_model(
-            path,
-            model=model,
-            tokenizer=tokenizer,  # type: ignore[arg-type]  # a causal LM
-        )
+        causal_lm: Any = model  # a transformers PreTrainedModel (or None)
+        run, model, tokenizer = load_run_model(path, model=causal_lm, tokenizer=tokenizer)
         return cls(model, tokenizer, run, Readout.from_run(run))
 
     @classmethod
