@@ -6,6 +6,7 @@
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,5 +117,8 @@ if __name__ == "__main__":
         out = first_step(folder)
     else:
         out = whole_run(folder, sys.argv[3], "--resume" in sys.argv, "--slow" in sys.argv)
-    print("RESULT " + json.dumps(out), flush=True)
+    # One write of the whole line (under PIPE_BUF, so atomic): the processes share one pipe,
+    # and print's separate writes of the text and its newline could interleave.
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(out) + "\n").encode())
     torch.distributed.destroy_process_group()
