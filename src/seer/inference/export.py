@@ -4,11 +4,11 @@ The folder loads with plain ``AutoModelForCausalLM.from_pretrained(out)`` (serve
 stack), and carries the run's ``seer.json`` and ``prototypes.safetensors``, so
 ``Explainer.from_run(out)`` works on it too. A server's own hook reads the explanation like
 this (``positions == ["last"]``; for ``["mean"]``, the mean of the block's states from the
-first token of the user's message, as the README's recipe reads it; with two positions,
+first token of the user's message, as docs/serving.md's recipe reads it; with two positions,
 concatenate the normalized states at both, in the order of ``meta["positions"]``, and
 divide by ``sqrt(2)``; a run trained with
 ``--representation centered`` also stores ``center`` ``[P, H]`` in ``prototypes.safetensors``:
-subtract its row for each position before normalizing, as the README's recipe does)::
+subtract its row for each position before normalizing, as docs/serving.md's recipe does)::
 
     import json, torch, torch.nn.functional as F
     from safetensors.torch import load_file

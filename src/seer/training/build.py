@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 def default_layer(n_layers: int) -> int:
     """The block at 0.8 of the depth, ``floor(0.8 n)`` (at most the last): block 24 of
     SmolLM2's 30, 25 of a 32-block model (the paper's block for Llama-3.1-8B). Chosen by the
-    layer study on BeaverTails-6 and MATH-7 (README, "Layer")."""
+    layer study on BeaverTails-6 and MATH-7 (docs/training.md, `--layer`)."""
     return min(n_layers - 1, (4 * n_layers) // 5)
 
 
