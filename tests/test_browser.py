@@ -173,17 +173,12 @@ def test_page_on_the_embedded_model(browser, tmp_path_factory, tmp_path):
 @pytest.mark.slow
 def test_page_on_the_vllm_backend(browser, tmp_path_factory):
     """The same page, served by ``seer serve --backend vllm`` (skipped without seer[vllm])."""
-    from conftest import tiny_vllm_run
+    from conftest import require_vllm, tiny_vllm_run
 
-    from seer.errors import SeerError
-    from seer.inference.backends import vllm_adapter
     from seer.inference.engine import Engine
     from seer.inference.loaded import LoadedRun
 
-    try:
-        vllm_adapter.check_vllm()
-    except SeerError as exc:
-        pytest.skip(str(exc))
+    require_vllm()
     from seer.inference.backends.vllm import VllmBackend
 
     loaded = LoadedRun.from_run(tiny_vllm_run(tmp_path_factory.getbasetemp() / "vllm-tiny"))

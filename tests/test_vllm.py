@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPTS, embedded_run, tiny_vllm_run
+from conftest import PROMPTS, embedded_run, require_vllm, tiny_vllm_run
 
 from seer.errors import SeerError
 from seer.inference.backends import vllm_adapter
@@ -24,17 +24,6 @@ from seer.inference.monitor import Monitor
 
 TOL = 1e-4
 LIMITS = [12, 5, 16, 8]  # reply lengths: the rows end at different steps
-
-
-def _vllm_missing() -> str | None:
-    try:
-        vllm_adapter.check_vllm()
-    except SeerError as exc:
-        return str(exc)
-    return None
-
-
-needs_vllm = pytest.mark.skipif(_vllm_missing() is not None, reason=str(_vllm_missing()))
 
 
 def test_a_missing_or_wrong_vllm_is_one_line_that_says_how_to_install(monkeypatch):
@@ -53,8 +42,7 @@ def test_a_missing_or_wrong_vllm_is_one_line_that_says_how_to_install(monkeypatc
 @pytest.fixture(scope="module", params=["tiny", "embedded"])
 def engines(request, tmp_path_factory):
     """The HF engine and the vLLM engine of one loaded run (vLLM loads the merged model)."""
-    if _vllm_missing():
-        pytest.skip(str(_vllm_missing()))
+    require_vllm()
     from seer.inference.backends.vllm import VllmBackend
 
     if request.param == "tiny":
@@ -232,8 +220,7 @@ def test_seer_serve_on_vllm_under_the_openai_client(engines):
 
 @pytest.mark.slow
 def test_a_seer_export_folder_serves_on_vllm_like_its_run(tmp_path_factory):
-    if _vllm_missing():
-        pytest.skip(str(_vllm_missing()))
+    require_vllm()
     from seer.inference.backends.vllm import VllmBackend, model_folder
     from seer.inference.export import export
 
