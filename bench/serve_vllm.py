@@ -11,8 +11,8 @@ the engine rows: from the steps' times, every request submitted at once). Peak R
 process's (all phases share it) and is printed once. The goals: ``vllm seer`` >= 0.9x
 ``vllm plain``, and ``serve vllm`` >= 1.5x ``serve hf`` at K=8.
 
-    flock /tmp/seer-heavy.lock python bench/serve_vllm.py --run RUN   # a run on the embedded model
-    python bench/serve_vllm.py --run RUN --clients 1 8 --dtype bfloat16
+    flock /tmp/seer-heavy.lock .venv-vllm/bin/python bench/serve_vllm.py --run RUN
+    .venv-vllm/bin/python bench/serve_vllm.py --run RUN --clients 1 8 --dtype bfloat16
 """
 
 from __future__ import annotations

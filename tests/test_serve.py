@@ -558,5 +558,6 @@ def test_seer_serve_backend_vllm_without_vllm_is_one_line(run_dir, monkeypatch, 
     monkeypatch.setattr(importlib.metadata, "version", version)
     assert cli_main(["serve", str(run_dir), "--backend", "vllm"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "needs vLLM, which is not installed: pip install 'seer[vllm]'" in err
+    assert "needs vLLM, which is not installed: in a checkout, make install-vllm" in err
+    assert "pip install 'seer[vllm]'" in err
     assert len(err.splitlines()) == 1

