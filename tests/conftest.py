@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from seer.core.run import FORMAT_VERSION
 from seer.safety.embedder import MINILM_INSTALL
 
 CHAT_TEMPLATE = (
@@ -131,6 +132,65 @@ def retain_file(tmp_path):
     return write_retain(tmp_path / "retain.jsonl")
 
 
+# --- the seer command on a tiny model folder -----------------------------------------------
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny random Llama and its tokenizer saved as a model folder, for `seer` commands."""
+    tokenizer = make_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """One tiny model folder per test module; tests never modify it (copy it to change it)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def train_argv_of(
+    model: Path, data: Path, retain: Path, output: Path, *extra: str, epochs: int = 1
+) -> list[str]:
+    """`seer --quiet train` of a tiny model folder: layer 1, batches of 4, a third held out."""
+    argv = ["--quiet", "train", "--model", str(model), "--data", str(data)]
+    argv += ["--retain-data", str(retain), "--output", str(output), "--epochs", str(epochs)]
+    return [*argv, "--batch-size", "4", "--layer", "1", "--test-fraction", "0.34", *extra]
+
+
+def one_error_line(err: str, *fragments: str) -> str:
+    """The one `seer: error:` line of a refused command's stderr (and no traceback); it holds
+    each of ``fragments``."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
+    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def refused(argv: list[str], capsys, *fragments: str) -> str:
+    """Run `seer ARGV` in this process, which must exit 2 with one error line (returned)."""
+    from seer import cli
+
+    capsys.readouterr()
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    return one_error_line(err, *fragments)
+
+
+# --- a run folder's seer.json -------------------------------------------------------------
+RUN_META = {
+    "format_version": FORMAT_VERSION,
+    "config": {},
+    "layer": 1,
+    "positions": ["last"],
+    "concepts": ["a", "b"],
+    "base_model": "tiny",
+    "base_fingerprint": "0" * 16,
+    "calibration": {"temperature": 0.05, "threshold": 0.5},
+}
+
+
 # --- one tiny trained run per session ------------------------------------------------------
 PROMPT = "how far away is the moon"
 
@@ -148,25 +208,32 @@ def trained_mean_run(tmp_path_factory, tokenizer) -> Path:
 
 
 def _tiny_run(root: Path, tokenizer, positions: tuple[str, ...]) -> Path:
-    from seer.training.config import TrainConfig
     from seer.training.train import train
 
     if not (root / "run" / "seer.json").is_file():
         root.mkdir(exist_ok=True)
-        config = TrainConfig(
-            model="tiny",
-            data=str(write_concepts(root / "concepts.jsonl")),
-            retain_data=str(write_retain(root / "retain.jsonl")),
-            output=str(root / "run"),
-            epochs=2,
-            batch_size=4,
-            layer=1,
-            test_fraction=0.34,
-            overwrite=True,
-            positions=positions,
-        )
+        config = tiny_run_config(root, "tiny", positions=positions)
         train(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, progress=False)
     return root / "run"
+
+
+def tiny_run_config(root: Path, model: str, **kw):
+    """Two epochs of a tiny run of ``model`` on ``root``'s concept and retain files (written
+    here), into ``root / "run"``: layer 1, batches of 4, a third held out."""
+    from seer.training.config import TrainConfig
+
+    return TrainConfig(
+        model=model,
+        data=str(write_concepts(root / "concepts.jsonl")),
+        retain_data=str(write_retain(root / "retain.jsonl")),
+        output=str(root / "run"),
+        epochs=2,
+        batch_size=4,
+        layer=1,
+        test_fraction=0.34,
+        overwrite=True,
+        **kw,
+    )
 
 
 PROMPTS = [
@@ -203,7 +270,6 @@ def embedded_run(tmp_path_factory) -> Path:
 
 def tiny_vllm_run(root: Path) -> Path:
     """A tiny random Llama run whose heads vLLM's CPU attention takes (head size 32)."""
-    from seer.training.config import TrainConfig
     from seer.training.train import train
 
     if (root / "run" / "seer.json").is_file():
@@ -225,20 +291,7 @@ def tiny_vllm_run(root: Path) -> Path:
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
-    train(
-        TrainConfig(
-            model=str(root / "base"),
-            data=str(write_concepts(root / "concepts.jsonl")),
-            retain_data=str(write_retain(root / "retain.jsonl")),
-            output=str(root / "run"),
-            epochs=2,
-            batch_size=4,
-            layer=1,
-            test_fraction=0.34,
-            overwrite=True,
-        ),
-        progress=False,
-    )
+    train(tiny_run_config(root, str(root / "base")), progress=False)
     return root / "run"
 
 

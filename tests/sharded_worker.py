@@ -51,10 +51,11 @@ def lora_b(model: torch.nn.Module) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
 
 
-def first_step(folder: Path) -> dict:
-    """Loss parts of one step on rows ``PAIRS * rank ...`` of the schedule."""
+def step_trainer(folder: Path, name: str) -> SeerTrainer:
+    """The trainer of a tiny run on ``folder``'s data, writing ``folder / name``, before its
+    first step, with a non-zero LoRA B (:func:`lora_b`)."""
     tok = make_tokenizer()
-    cfg = TrainConfig(output=str(folder / "step"), **settings(folder))
+    cfg = TrainConfig(output=str(folder / name), **settings(folder))
     rows = load_concepts(cfg.data, "concept", "prompt", "response")
     trainer = build_trainer(
         cfg,
@@ -62,10 +63,16 @@ def first_step(folder: Path) -> dict:
         tok,
         rows,
         load_retain(cfg.retain_data),
-        output_dir=str(folder / "step"),
+        output_dir=str(folder / name),
         progress=False,
     )
     lora_b(trainer.model)
+    return trainer
+
+
+def first_step(folder: Path) -> dict:
+    """Loss parts of one step on rows ``PAIRS * rank ...`` of the schedule."""
+    trainer = step_trainer(folder, "step")
     rank = torch.distributed.get_rank()
     ds = trainer.train_dataset
     batch = trainer.data_collator([ds[PAIRS * rank + i] for i in range(PAIRS)])

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
+from conftest import refused, train_argv_of, write_concepts, write_retain
 from safetensors.torch import load_file, save_file
 
 from seer import cli
@@ -19,17 +19,12 @@ from seer.core.run import read_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, model_dir) -> Path:
     """A tiny run trained through the `seer` command on a tiny random Llama folder."""
     root = tmp_path_factory.mktemp("damaged")
-    tokenizer = make_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    argv = ["--quiet", "train", "--model", str(root / "model"), "--layer", "1"]
-    argv += ["--data", str(write_concepts(root / "concepts.jsonl"))]
-    argv += ["--retain-data", str(write_retain(root / "retain.jsonl"))]
-    argv += ["--epochs", "1", "--batch-size", "4", "--test-fraction", "0.34"]
-    assert cli.main([*argv, "--output", str(root / "run")]) == 0
+    data = write_concepts(root / "concepts.jsonl")
+    argv = train_argv_of(model_dir, data, write_retain(root / "retain.jsonl"), root / "run")
+    assert cli.main(argv) == 0
     return root / "run"
 
 
@@ -123,18 +118,6 @@ def _damaged(run_dir: Path, tmp_path: Path, case: str) -> Path:
     return run
 
 
-def _refused(argv: list[str], capsys, *fragments: str) -> str:
-    status = cli.main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.fixture
 def no_serving(monkeypatch):
     """`seer serve` stops where it would start listening: a damaged run must not get there."""
@@ -158,7 +141,7 @@ def test_a_damaged_run_folder_is_named(run_dir, tmp_path, capsys, no_serving, ca
         "export": ["export", str(run), str(tmp_path / "out")],
         "serve": ["serve", str(run)],
     }[command]
-    line = _refused(argv, capsys, file, fragment, "train the run again")
+    line = refused(argv, capsys, file, fragment, "train the run again")
     assert "damaged" in line or "corrupt" in line or "not finite" in line, line
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
@@ -169,7 +152,7 @@ def test_evaluate_names_an_empty_split(run_dir, tmp_path, capsys, split):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "split" / f"{split}.jsonl").write_text("")
-    _refused(["evaluate", str(run), "--no-figures"], capsys, f"{split}.jsonl", "no rows")
+    refused(["evaluate", str(run), "--no-figures"], capsys, f"{split}.jsonl", "no rows")
     assert not (run / "eval").exists()
 
 
@@ -179,7 +162,7 @@ def test_evaluate_names_a_split_row_of_an_unknown_concept(run_dir, tmp_path, cap
     rows = (run / "split" / "test.jsonl").read_text().splitlines()
     rows[0] = json.dumps({**json.loads(rows[0]), "concept": "weather"})
     (run / "split" / "test.jsonl").write_text("\n".join(rows) + "\n")
-    _refused(["evaluate", str(run), "--no-figures"], capsys, "test.jsonl, row 1", "'weather'")
+    refused(["evaluate", str(run), "--no-figures"], capsys, "test.jsonl, row 1", "'weather'")
 
 
 def test_the_run_training_wrote_passes_every_check(run_dir, capsys):
@@ -196,5 +179,4 @@ def test_an_exported_run_is_checked_like_a_run(run_dir, tmp_path, capsys):
     out = tmp_path / "export"
     assert cli.main(["export", str(run_dir), str(out)]) == 0
     DAMAGE["calibration temperature 0"][0](out)
-    capsys.readouterr()
-    _refused(["explain", str(out), "--prompt", "hi"], capsys, "seer.json", "temperature")
+    refused(["explain", str(out), "--prompt", "hi"], capsys, "seer.json", "temperature")

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
+from conftest import refused, train_argv_of, write_concepts, write_retain
 
 from seer import cli
 from seer.core.folders import lock_path
 from seer.core.run import last_checkpoint, partial_dir, read_run
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random Llama and its tokenizer saved as a model folder, for CLI runs."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = make_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def train_argv(model_dir: Path, output: Path, *extra: str, data: Path | None = None) -> list[str]:
@@ -38,9 +28,7 @@ def train_argv(model_dir: Path, output: Path, *extra: str, data: Path | None = N
     retain = folder / "retain.jsonl"
     if not retain.exists():
         write_retain(retain)
-    argv = ["--quiet", "train", "--model", str(model_dir), "--data", str(data)]
-    argv += ["--retain-data", str(retain), "--output", str(output), "--epochs", "2"]
-    return [*argv, "--batch-size", "4", "--layer", "1", "--test-fraction", "0.34", *extra]
+    return train_argv_of(model_dir, data, retain, output, *extra, epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +36,6 @@ def run_dir(tmp_path_factory, model_dir):
     folder = tmp_path_factory.mktemp("run")
     assert cli.main(train_argv(model_dir, folder / "run")) == 0
     return folder / "run"
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
-    return lines[0]
-
-
-def refused(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    return one_error_line(capsys.readouterr().err)
 
 
 # --- item 1: a refused command never deletes a .partial it did not make ------------------------

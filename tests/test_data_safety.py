@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    RUN_META,
     held_by_another_process,
-    make_tokenizer,
-    tiny_llama,
+    one_error_line,
+    train_argv_of,
     write_concepts,
     write_retain,
 )
@@ -30,44 +31,15 @@ from safetensors.torch import save_file
 
 from seer import cli
 from seer.core.folders import check_target, claim_output, lock_path, replace_folder
-from seer.core.run import FORMAT_VERSION, load_trained, read_run
+from seer.core.run import load_trained, read_run
 from seer.errors import SeerError
 
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random Llama and its tokenizer saved as a model folder, for CLI runs."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = make_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def train_argv(model_dir: Path, folder: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "--quiet",
-        "train",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(write_concepts(folder / "concepts.jsonl")),
-        "--retain-data",
-        str(write_retain(folder / "retain.jsonl")),
-        "--output",
-        str(output),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--layer",
-        "1",
-        "--test-fraction",
-        "0.34",
-        *extra,
-    ]
+    data, retain = write_concepts(folder / "concepts.jsonl"), write_retain(folder / "retain.jsonl")
+    return train_argv_of(model_dir, data, retain, output, *extra)
 
 
 def seer_process(argv: list[str], cwd: Path) -> subprocess.Popen:
@@ -87,13 +59,6 @@ def run_dir(tmp_path_factory, model_dir):
     folder = tmp_path_factory.mktemp("run")
     assert cli.main(train_argv(model_dir, folder, folder / "run")) == 0
     return folder / "run"
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
-    return lines[0]
 
 
 # --- the overwrite rule ------------------------------------------------------------------------
@@ -525,11 +490,9 @@ def run_cli(argv: list[str]) -> tuple[int | None, str]:
 
 def assert_one_line(status, err: str) -> None:
     assert "Traceback" not in err, err
-    if status in (0, None):
-        return
-    assert status == 2, (status, err)
-    lines = [x for x in err.splitlines() if x.startswith("seer: ")]
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
+    if status not in (0, None):
+        assert status == 2, (status, err)
+        one_error_line(err)
 
 
 @settings(
@@ -562,27 +525,17 @@ json_values = st.recursive(
     ),
     max_leaves=6,
 )
-GOOD_META = {
-    "format_version": FORMAT_VERSION,
-    "config": {},
-    "layer": 1,
-    "positions": ["last"],
-    "concepts": ["a", "b"],
-    "base_model": "tiny",
-    "base_fingerprint": "0" * 16,
-    "calibration": {"temperature": 0.05, "threshold": 0.5},
-}
 
 
 @st.composite
 def run_folders(draw):
     kind = draw(st.sampled_from(["document", "field", "prototypes"]))
-    meta: object = dict(GOOD_META)
+    meta: object = dict(RUN_META)
     protos: bytes | None = None
     if kind == "document":
         meta = draw(json_values)
     elif kind == "field":
-        key = draw(st.sampled_from(sorted(GOOD_META)))
+        key = draw(st.sampled_from(sorted(RUN_META)))
         if draw(st.booleans()):
             meta.pop(key)  # type: ignore[attr-defined]
         else:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_llama, write_concepts, write_retain
+from conftest import RUN_META, tiny_llama, write_concepts, write_retain
 from safetensors.torch import save_file
 
 from seer import cli
@@ -197,18 +197,7 @@ def _fake_run(path, **meta):
     (path / "adapter").mkdir(parents=True)
     (path / "adapter" / "adapter_config.json").write_text("{}")  # present; never loaded here
     (path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
-    values = {
-        "format_version": FORMAT_VERSION,
-        "config": {},
-        "layer": 1,
-        "positions": ["last"],
-        "concepts": ["a", "b"],
-        "base_model": "tiny",
-        "base_fingerprint": "0" * 16,
-        "calibration": {"temperature": 0.05, "threshold": 0.5},
-    }
-    values.update(meta)
-    (path / "seer.json").write_text(json.dumps(values))
+    (path / "seer.json").write_text(json.dumps({**RUN_META, **meta}))
     save_file({"prototypes": torch.zeros(2, 32)}, str(path / "prototypes.safetensors"))
     return path
 

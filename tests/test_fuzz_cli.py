@@ -18,7 +18,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import BENIGN, HARMFUL, make_tokenizer, tiny_llama, write_concepts, write_retain
+from conftest import (
+    BENIGN,
+    HARMFUL,
+    one_error_line,
+    save_tiny_model,
+    train_argv_of,
+    write_concepts,
+    write_retain,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +38,7 @@ from seer.core.tables import read_jsonl
 def root(tmp_path_factory) -> Path:
     """A tiny random Llama folder (context 256 tokens) and small concept and retain files."""
     folder = tmp_path_factory.mktemp("fuzz")
-    tokenizer = make_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
+    save_tiny_model(folder / "model")
     write_concepts(folder / "concepts.jsonl")
     write_retain(folder / "retain.jsonl")
     return folder
@@ -46,26 +52,8 @@ def trained(root) -> Path:
 
 
 def train_argv(root: Path, output: Path, data: Path | None = None) -> list[str]:
-    return [
-        "--quiet",
-        "train",
-        "--model",
-        str(root / "model"),
-        "--data",
-        str(data or root / "concepts.jsonl"),
-        "--retain-data",
-        str(root / "retain.jsonl"),
-        "--output",
-        str(output),
-        "--layer",
-        "1",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--test-fraction",
-        "0.34",
-    ]
+    data = data or root / "concepts.jsonl"
+    return train_argv_of(root / "model", data, root / "retain.jsonl", output)
 
 
 def run_seer(argv: list[str]) -> tuple[int, str]:
@@ -82,12 +70,7 @@ def run_seer(argv: list[str]) -> tuple[int, str]:
 def refused(argv: list[str], *fragments: str) -> str:
     status, err = run_seer(argv)
     assert status == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("seer: ")]
-    assert len(lines) == 1 and lines[0].startswith("seer: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    return one_error_line(err, *fragments)
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

@@ -17,19 +17,16 @@ import pytest
 import torch
 from conftest import make_tokenizer, tiny_llama, write_concepts, write_retain
 
-from seer.core.data import load_concepts
 from seer.core.run import last_checkpoint
 from seer.errors import SeerError
-from seer.training.build import build_trainer
 from seer.training.config import TrainConfig
-from seer.training.retain import load_retain
 from seer.training.sharding import DEEPSPEED_ON_CPU, check_engine
 
 TESTS = Path(__file__).parent
 WORKER = TESTS / "sharded_worker.py"
 FSDP_CPU = TESTS.parent / "examples" / "accelerate" / "fsdp_cpu.yaml"
 sys.path.insert(0, str(TESTS))
-from sharded_worker import PAIRS, lora_b, settings  # noqa: E402
+from sharded_worker import PAIRS, step_trainer  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -69,19 +66,7 @@ def data(tmp_path_factory) -> Path:
 def single(data) -> dict:
     """One process's loss parts on the same batches: each process's own (retain l2, KL) and
     both together (the contrastive loss, whose negatives are gathered across processes)."""
-    tok = make_tokenizer()
-    cfg = TrainConfig(output=str(data / "one"), **settings(data))
-    rows = load_concepts(cfg.data, "concept", "prompt", "response")
-    trainer = build_trainer(
-        cfg,
-        tiny_llama(len(tok)),
-        tok,
-        rows,
-        load_retain(cfg.retain_data),
-        output_dir=str(data / "one"),
-        progress=False,
-    )
-    lora_b(trainer.model)
+    trainer = step_trainer(data, "one")
     ds = trainer.train_dataset
     out: dict = {}
     for name, rows_ in (("0", range(PAIRS)), ("1", range(PAIRS, 2 * PAIRS)), ("both", None)):
