@@ -22,7 +22,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,27 +40,19 @@ def _status_mib(key: str) -> float:
 def worker(args: argparse.Namespace) -> None:
     """One process: build the trainer, run 1 + ``steps`` training steps, print one JSON row."""
     import torch
+    from demo_trainer import demo_trainer
 
-    from seer.core.data import load_concepts
-    from seer.core.models import load_model
-    from seer.training.build import build_trainer
-    from seer.training.config import TrainConfig
     from seer.training.sharding import is_sharded
 
-    model, tok = load_model(args.model, device="cpu")
-    folder = tempfile.mkdtemp(prefix="seer-bench-dist-")
-    cfg = TrainConfig(
-        model=args.model,
-        data="donotanswer",
-        output=folder,
+    trainer = demo_trainer(
+        args.model,
+        device="cpu",
+        max_per_concept=20,
+        retain_rows=64,
         batch_size=args.batch_size,
         max_length=args.max_length,
-        epochs=1,
         kl_weight=0.0 if args.no_kl else 1.0,
     )
-    rows = load_concepts(cfg.data, "concept", "prompt", "response", max_per_concept=20, seed=0)
-    retain = [{"prompt": r["prompt"], "response": r.get("response", "")} for r in rows[:64]]
-    trainer = build_trainer(cfg, model, tok, rows, retain, output_dir=folder, progress=False)
     trainer.create_optimizer()
     load_peak = _status_mib("VmHWM")
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:

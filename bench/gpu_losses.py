@@ -11,34 +11,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 
 import torch
-
-from seer.core.data import load_concepts
-from seer.core.models import load_model
-from seer.training.build import build_trainer
-from seer.training.config import TrainConfig
+from demo_trainer import demo_trainer
 
 PARTS = ("contrastive", "retain_l2", "kl")
 
 
 def first_step(args: argparse.Namespace, device: str) -> dict[str, float]:
-    model, tok = load_model(args.model, device=device, dtype=torch.float32)
-    folder = tempfile.mkdtemp(prefix="seer-gpu-losses-")
-    cfg = TrainConfig(
-        model=args.model,
-        data="donotanswer",
-        output=folder,
+    trainer = demo_trainer(
+        args.model,
+        device=device,
+        dtype=torch.float32,
+        max_per_concept=10,
+        retain_rows=16,
         batch_size=args.batch_size,
         max_length=128,
-        epochs=1,
         lora_dropout=0.0,
         bf16=device == "cuda",
     )
-    rows = load_concepts(cfg.data, "concept", "prompt", "response", max_per_concept=10, seed=0)
-    retain = [{"prompt": r["prompt"], "response": r.get("response", "")} for r in rows[:16]]
-    trainer = build_trainer(cfg, model, tok, rows, retain, output_dir=folder, progress=False)
     ds = trainer.train_dataset
     trainer.training_step(trainer.model, trainer.data_collator([ds[i] for i in range(4)]))
     return {k: trainer._metrics[k][0] for k in PARTS if k in trainer._metrics}
