@@ -31,7 +31,9 @@ def test_a_missing_or_wrong_vllm_is_one_line_that_says_how_to_install(monkeypatc
         raise vllm_adapter.importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(vllm_adapter.importlib.metadata, "version", version)
-    with pytest.raises(SeerError, match=r"needs vLLM, which is not installed: pip install") as e:
+    with pytest.raises(
+        SeerError, match=r"needs vLLM, which is not installed: in a checkout, make install-vllm"
+    ) as e:
         vllm_adapter.check_vllm()
     assert "\n" not in str(e.value) and "seer[vllm]" in str(e.value)
     monkeypatch.setattr(vllm_adapter.importlib.metadata, "version", lambda name: "0.29.1")
