@@ -441,6 +441,22 @@ def test_health_warns_on_runs_that_stayed_at_chance(value, candidates):
     assert "still at its chance value" in message and "after 15 of 45 steps" in message
 
 
+def test_health_is_silent_when_a_centered_loss_passes_chance_while_separating():
+    """A centered run starts far above chance and may pass through it on the way down: the
+    SmolLM2 run `sflr1` (issue 41; held-out 0.700, it learned) logged 6.16 at step 5 and 2.707
+    at the check (step 20 of 56), then 2.337 at step 30, with same- and different-concept
+    cosines 0.057 / -0.085 there. A collapse at chance (cosines alike) still warns."""
+    from seer.training.health import HealthCallback
+
+    chance = math.log(15)
+    logs = {5: {"contrastive": 6.16}, 10: {"contrastive": 2.693}, 15: {"contrastive": 2.471}}
+    logs[20] = {"contrastive": 2.707, "same_concept_cos": 0.0568, "diff_concept_cos": -0.0851}
+    assert _feed(HealthCallback(chance), logs, max_steps=56) == []
+    logs[20] = {"contrastive": 2.707, "same_concept_cos": 0.31, "diff_concept_cos": 0.30}
+    (message,) = _feed(HealthCallback(chance), logs, max_steps=56)
+    assert "still at its chance value" in message
+
+
 def test_health_counts_its_share_of_the_steps_after_the_warm_up():
     """A warm-up's steps move the model little (its first steps run at a fraction of the
     rate): the check's 30% is of the steps after it. The seed-1 run of `--max-per-concept 100

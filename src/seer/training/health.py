@@ -79,6 +79,12 @@ class HealthCallback(TrainerCallback):
     (``tolerance``: on SmolLM2 the runs whose contrastive loss had not left chance sat within
     2.1% of it at the check, runs that learned 4.8% or more below it; docs/results.md.)
 
+    (``min_gap``: a centered run whose first logged value lay above chance, whose loss has
+    fallen by ``min_fall`` since, and whose same-concept cosine exceeds the different-concept
+    one by this much is separating even at chance: SmolLM2's `sflr1` run, issue 41, logged
+    2.707 at the check with cosines 0.057 / -0.085 and learned; runs stuck at chance showed
+    gaps of 0.01.)
+
     (A centered representation starts well above chance, since centered states of one batch
     have negative cosines on average, and falls towards a floor set by the number of
     positives, ``log`` of it, which can lie above chance too: "below chance" alone would
@@ -92,8 +98,9 @@ class HealthCallback(TrainerCallback):
         tolerance: float = 0.03,
         min_fall: float = 0.05,
         dominance: float = 0.98,
+        min_gap: float = 0.05,
     ) -> None:
-        self.chance, self.check_at = chance, check_at
+        self.chance, self.check_at, self.min_gap = chance, check_at, min_gap
         self.tolerance, self.min_fall, self.dominance = tolerance, min_fall, dominance
         self.warnings: list[str] = []
         self._checked_chance = self._checked_shares = False
@@ -132,6 +139,11 @@ class HealthCallback(TrainerCallback):
     def _check_chance(self, value: float, logs: dict, where: str) -> None:
         at_chance = abs(value - self.chance) <= self.tolerance * self.chance
         first = self._first if self._first is not None else value
+        gap = logs.get("same_concept_cos", 0.0) - logs.get("diff_concept_cos", 0.0)
+        if at_chance and first > self.chance * (1 + self.tolerance) and gap >= self.min_gap:
+            # a centered loss on its way down from far above chance, passing through it while
+            # the concepts separate (a collapse at chance leaves the two cosines alike)
+            at_chance = value >= first * (1 - self.min_fall)
         # The fall is measured from the first logged value only where that lies above chance
         # (a centered run): a first value below chance is the mean of a logging interval that
         # has already learned, and measured from it a run that learns can look stuck.
