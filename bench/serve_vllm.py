@@ -7,7 +7,9 @@
 - ``hf plain``: batched ``model.generate`` at batch K.
 
 Per K: aggregate generated tokens/s, time to first token and inter-token latency p50/p95 (for
-the engine rows: from the steps' times, every request submitted at once). Peak RSS is the
+the engine rows: from the steps' times, every request submitted at once; the run of median
+throughput of ``--repeats`` runs, the two engine rows alternating). Every request has its own
+prefix-cache salt, as seer's rows do, so that no run reuses another's prompt blocks. Peak RSS is the
 process's (all phases share it) and is printed once. The goals: ``vllm seer`` >= 0.9x
 ``vllm plain``, and ``serve vllm`` >= 1.5x ``serve hf`` at K=8.
 
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--max-tokens", type=int, default=32, help="reply length (EOS may end it)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--repeats", type=int, default=3, help="runs of vllm plain / vllm seer (the median)"
+    )
     p.add_argument("--data-dir", default="../shared/data", help="xstest prompts from here")
     return p.parse_args(argv)
 
@@ -80,8 +85,9 @@ def vllm_plain(backend: VllmBackend, texts: list[str], max_tokens: int) -> dict:
     vllm.reading = False
     try:
         tok = backend.loaded.tokenizer
-        for i, text in enumerate(texts):
-            vllm.add(f"plain{i}", prompt_ids(tok, text), max_tokens, salt=f"plain{i}")
+        for text in texts:  # each its own cache salt, as seer's rows: no prefix reuse
+            rid = backend.request_id()
+            vllm.add(rid, prompt_ids(tok, text), max_tokens, salt=rid)
         start, times = time.perf_counter(), {}
         counts: dict[str, int] = {}
         while vllm.busy:
@@ -180,9 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         texts = prompts(k, Path(args.data_dir))
         in_thread(vllm_plain, backend, texts, 2)  # warm-up: vLLM's kernels for these shapes
         in_thread(engine_run, vl, texts, 2)
+        plain_runs, seer_runs = [], []
+        for _ in range(args.repeats):  # alternating, so that background load hits both
+            plain_runs.append(in_thread(vllm_plain, backend, texts, args.max_tokens))
+            seer_runs.append(in_thread(engine_run, vl, texts, args.max_tokens))
         results = {
-            "vllm plain": in_thread(vllm_plain, backend, texts, args.max_tokens),
-            "vllm seer": in_thread(engine_run, vl, texts, args.max_tokens),
+            "vllm plain": _median(plain_runs),
+            "vllm seer": _median(seer_runs),
             "serve vllm": served(vl, k, texts, args.max_tokens),
             "serve hf": served(hf, k, texts, args.max_tokens),
             "hf plain": in_thread(plain, explainer, texts, k, args.max_tokens),
@@ -203,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
             + (f"{r['ttft50']:.2f} / {r['ttft95']:.2f} | " if "ttft50" in r else "- | ")
             + (f"{r['tpot50'] * 1e3:.0f} / {r['tpot95'] * 1e3:.0f} |" if "tpot50" in r else "- |")
         )
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median throughput (its latencies with it)."""
+    return sorted(runs, key=lambda r: r["tok_s"])[len(runs) // 2]
 
 
 def _row(k: int, name: str, r: dict) -> str:

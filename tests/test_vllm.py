@@ -134,6 +134,30 @@ def test_monitors_decide_the_same_rows_at_the_same_tokens(engines, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engines", ["embedded"], indirect=True)  # a reply that re-tokenises
+def test_the_final_read_reuses_the_rows_cached_blocks(engines, monkeypatch):
+    """A finished row's final read computes only the reply's tail after the row's last full KV
+    block, not the whole prompt and reply again (at vLLM's CPU default of 128 tokens a block, a
+    short reply's final read recomputed all of it: bench/serve_vllm.py's costliest step)."""
+    from seer.inference.backends import vllm as backend
+
+    seen: list[tuple[int, int, bool]] = []
+    take = backend._Closing.take
+
+    def spy(self, positions, states):
+        seen.append((int(positions[0]), self.close.cached, self.close.through))
+        return take(self, positions, states)
+
+    monkeypatch.setattr(backend._Closing, "take", spy)
+    for _ in engines[1].stream([PROMPTS[1]], max_new_tokens=60):
+        pass
+    first, cached, through = seen[0]
+    assert through and cached >= 64
+    assert cached - first < 32, f"the final read recomputed {cached - first} tokens"
+    assert first == cached // vllm_adapter.BLOCK_SIZE * vllm_adapter.BLOCK_SIZE
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engines", ["tiny"], indirect=True)  # the embedded model: above
 def test_reply_end_monitor_decides_like_the_hf_backend(engines):
     hf, vl = engines

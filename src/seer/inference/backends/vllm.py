@@ -13,8 +13,9 @@ The final explanation is read where training reads it, as the Hugging Face backe
 row's last token and the chat template's closing tokens after its cache. Here that is one more
 request, ``prompt + reply + closing tokens`` with one token to sample, sharing the row's KV
 blocks through vLLM's prefix cache (same cache salt, so no other request's blocks): only the
-tail is computed, and the hook keeps the states from the last generated token on. Recomputed
-positions of a partial block are steered as they were while generating. Its event comes one
+tail after the row's last full block is computed (blocks of ``vllm_adapter.BLOCK_SIZE``
+tokens), and the hook keeps the states from the last generated token on. Recomputed positions
+of a partial block are steered as they were while generating. Its event comes one
 step after the row's last token (in the next pass, beside the running rows' decode).
 """
 

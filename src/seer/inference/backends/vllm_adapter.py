@@ -32,7 +32,13 @@ import torch
 from seer.core.architecture import get_layers
 from seer.errors import SeerError
 
-__all__ = ["VLLM_VERSION", "Pass", "VllmEngine", "check_vllm"]
+__all__ = ["BLOCK_SIZE", "VLLM_VERSION", "Pass", "VllmEngine", "check_vllm"]
+
+#: Tokens per KV-cache block on CPUs. A row's final read shares only the row's *full* blocks
+#: (prefix caching), so it recomputes up to ``BLOCK_SIZE - 1`` tokens of the reply: at vLLM's
+#: CPU default (128) that was most of a short reply (bench/serve_vllm.py). 32 is the smallest
+#: size vLLM's CPU attention takes (multiples of 32). On CUDA vLLM's own default (16) stays.
+BLOCK_SIZE = 32
 
 #: The vLLM release seer's adapter is written for (``seer[vllm]`` pins it).
 VLLM_VERSION = "0.30.0"
@@ -82,7 +88,8 @@ OnPass = Callable[[Pass], "list[torch.Tensor | None] | None"]
 
 class VllmEngine:
     """An in-process vLLM engine over the plain Hugging Face model folder ``model_dir``,
-    with ``on_pass`` called at decoder block ``layer`` on every forward pass."""
+    with ``on_pass`` called at decoder block ``layer`` on every forward pass (``block_size``:
+    tokens per KV block; None: :data:`BLOCK_SIZE` on CPUs, vLLM's default on CUDA)."""
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class VllmEngine:
         max_num_seqs: int = 32,
         max_model_len: int | None = None,
         seed: int = 0,
+        block_size: int | None = None,
     ) -> None:
         check_vllm()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -114,6 +122,7 @@ class VllmEngine:
             skip_tokenizer_init=True,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
+            block_size=block_size or (None if torch.cuda.is_available() else BLOCK_SIZE),
         )
         self.engine = LLMEngine.from_engine_args(args)
         self.on_pass = on_pass
