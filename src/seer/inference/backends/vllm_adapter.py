@@ -88,8 +88,8 @@ OnPass = Callable[[Pass], "list[torch.Tensor | None] | None"]
 
 class VllmEngine:
     """An in-process vLLM engine over the plain Hugging Face model folder ``model_dir``,
-    with ``on_pass`` called at decoder block ``layer`` on every forward pass (``block_size``:
-    tokens per KV block; None: :data:`BLOCK_SIZE` on CPUs, vLLM's default on CUDA)."""
+    with ``on_pass`` called at decoder block ``layer`` on every forward pass (KV blocks of
+    :data:`BLOCK_SIZE` tokens on CPUs, vLLM's default on CUDA)."""
 
     def __init__(
         self,
@@ -102,7 +102,6 @@ class VllmEngine:
         max_num_seqs: int = 32,
         max_model_len: int | None = None,
         seed: int = 0,
-        block_size: int | None = None,
     ) -> None:
         check_vllm()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -122,7 +121,7 @@ class VllmEngine:
             skip_tokenizer_init=True,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
-            block_size=block_size or (None if torch.cuda.is_available() else BLOCK_SIZE),
+            block_size=None if torch.cuda.is_available() else BLOCK_SIZE,
         )
         self.engine = LLMEngine.from_engine_args(args)
         self.on_pass = on_pass
