@@ -78,7 +78,8 @@ def engine_run(engine: Engine, texts: list[str], max_tokens: int) -> dict:
 
 
 def vllm_plain(backend: VllmBackend, texts: list[str], max_tokens: int) -> dict:
-    """vLLM alone on the same engine: greedy requests by token ids, the hook switched off."""
+    """vLLM alone on the same engine: greedy requests by token ids, the hook switched off,
+    each ended at its first end-of-reply token (as plain vLLM ends it, and seer's rows end)."""
     from seer.core.formatting import prompt_ids
 
     vllm = backend.engine
@@ -93,10 +94,14 @@ def vllm_plain(backend: VllmBackend, texts: list[str], max_tokens: int) -> dict:
         while vllm.busy:
             out = vllm.step()
             now = time.perf_counter()
+            ended = []
             for rid, tokens in out.items():
                 new = len(tokens) - counts.get(rid, 0)
                 counts[rid] = len(tokens)
                 times.setdefault(rid, []).extend([now] * new)
+                if backend.eos.intersection(tokens[-new:]):
+                    ended.append(rid)
+            vllm.abort(ended)  # the engine ignores EOS (seer decides): end them as vLLM would
         return _figures(start, list(times.values()))
     finally:
         vllm.reading = True

@@ -1,8 +1,9 @@
 """One process of a multi-process test run (tests/test_sharded.py), started by a launcher
 (`accelerate launch` with an FSDP config, or `torchrun` as two machines).
 
-    python sharded_worker.py step FOLDER   # the first step's loss parts of this process
+    python sharded_worker.py step FOLDER [--tied] [--micro N]   # this process's first-step losses
     python sharded_worker.py train FOLDER NAME [--resume] [--slow]   # a whole run
+    python sharded_worker.py cut FOLDER [--tied]   # which base weights a cut pass leaves whole
 """
 
 import json
@@ -15,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 from conftest import make_tokenizer, tiny_llama  # noqa: E402
 
+from seer.core.architecture import get_layers  # noqa: E402
 from seer.core.data import load_concepts  # noqa: E402
+from seer.core.layers import capture_layers, run_until  # noqa: E402
 from seer.training.build import build_trainer  # noqa: E402
 from seer.training.config import TrainConfig  # noqa: E402
 from seer.training.retain import load_retain  # noqa: E402
@@ -51,15 +54,22 @@ def lora_b(model: torch.nn.Module) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
 
 
-def step_trainer(folder: Path, name: str) -> SeerTrainer:
+def step_trainer(
+    folder: Path, name: str, tied: bool = False, micro: int | None = None
+) -> SeerTrainer:
     """The trainer of a tiny run on ``folder``'s data, writing ``folder / name``, before its
-    first step, with a non-zero LoRA B (:func:`lora_b`)."""
+    first step, with a non-zero LoRA B (:func:`lora_b`); ``tied``: the LM head shares the
+    embedding matrix (as SmolLM2's and Gemma's do); ``micro``: ``--micro-batch-size``."""
     tok = make_tokenizer()
-    cfg = TrainConfig(output=str(folder / name), **settings(folder))
+    cfg = TrainConfig(output=str(folder / name), **settings(folder, micro_batch_size=micro))
     rows = load_concepts(cfg.data, "concept", "prompt", "response")
+    model = tiny_llama(len(tok))
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
     trainer = build_trainer(
         cfg,
-        tiny_llama(len(tok)),
+        model,
         tok,
         rows,
         load_retain(cfg.retain_data),
@@ -70,9 +80,9 @@ def step_trainer(folder: Path, name: str) -> SeerTrainer:
     return trainer
 
 
-def first_step(folder: Path) -> dict:
+def first_step(folder: Path, tied: bool, micro: int | None) -> dict:
     """Loss parts of one step on rows ``PAIRS * rank ...`` of the schedule."""
-    trainer = step_trainer(folder, "step")
+    trainer = step_trainer(folder, "step", tied=tied, micro=micro)
     rank = torch.distributed.get_rank()
     ds = trainer.train_dataset
     batch = trainer.data_collator([ds[PAIRS * rank + i] for i in range(PAIRS)])
@@ -81,6 +91,28 @@ def first_step(folder: Path) -> dict:
         k: v[0] for k, v in trainer._metrics.items() if k in ("contrastive", "retain_l2", "kl")
     }
     return {"rank": rank, "sharded": is_sharded(trainer.model), **parts}
+
+
+def cut_pass(folder: Path, tied: bool) -> dict:
+    """The base weights held whole (not a DTensor shard) at the cut of a pass cut after block 1
+    (the representation pass of a step), and after that pass has ended."""
+    model = step_trainer(folder, "cut", tied=tied).model
+
+    def whole() -> list[str]:
+        frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+        return sorted(n for n, p in frozen if not hasattr(p, "to_local"))
+
+    seen: dict[str, list[str]] = {}
+
+    def at_cut(*_: object) -> None:
+        seen["cut"] = whole()
+
+    # registered before capture_layers' hook, which ends the pass
+    probe = get_layers(model)[1].register_forward_hook(at_cut)
+    with torch.no_grad(), capture_layers(model, [1], stop_after=True):
+        run_until(model, input_ids=torch.tensor([[1, 2, 3, 4]]))
+    probe.remove()
+    return {"rank": torch.distributed.get_rank(), "at_cut": seen["cut"], "after": whole()}
 
 
 def whole_run(folder: Path, name: str, resume: bool, slow: bool) -> dict:
@@ -121,7 +153,10 @@ def whole_run(folder: Path, name: str, resume: bool, slow: bool) -> dict:
 if __name__ == "__main__":
     mode, folder = sys.argv[1], Path(sys.argv[2])
     if mode == "step":
-        out = first_step(folder)
+        micro = int(sys.argv[sys.argv.index("--micro") + 1]) if "--micro" in sys.argv else None
+        out = first_step(folder, "--tied" in sys.argv, micro)
+    elif mode == "cut":
+        out = cut_pass(folder, "--tied" in sys.argv)
     else:
         out = whole_run(folder, sys.argv[3], "--resume" in sys.argv, "--slow" in sys.argv)
     # One write of the whole line (under PIPE_BUF, so atomic): the processes share one pipe,

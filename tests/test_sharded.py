@@ -62,11 +62,10 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def single(data) -> dict:
+def one_process(data: Path, tied: bool = False, micro: int | None = None) -> dict:
     """One process's loss parts on the same batches: each process's own (retain l2, KL) and
     both together (the contrastive loss, whose negatives are gathered across processes)."""
-    trainer = step_trainer(data, "one")
+    trainer = step_trainer(data, f"one-{tied}-{micro}", tied=tied, micro=micro)
     ds = trainer.train_dataset
     out: dict = {}
     for name, rows_ in (("0", range(PAIRS)), ("1", range(PAIRS, 2 * PAIRS)), ("both", None)):
@@ -75,6 +74,11 @@ def single(data) -> dict:
         trainer.training_step(trainer.model, trainer.data_collator([ds[i] for i in picked]))
         out[name] = {k: v[0] for k, v in trainer._metrics.items()}
     return out
+
+
+@pytest.fixture(scope="module")
+def single(data) -> dict:
+    return one_process(data)
 
 
 def assert_parts_equal(parts: list[dict], single: dict) -> None:
@@ -93,6 +97,22 @@ def test_fsdp_first_step_equals_one_process(data, single):
     parts = run(accelerate("step", str(data)))
     assert all(p["sharded"] for p in parts)  # the model really was sharded
     assert_parts_equal(parts, single)
+
+
+def test_fsdp_first_step_equals_one_process_with_a_tied_head(data):
+    """The LM head sharing the embedding matrix (one shard group for both), whose weight the
+    KL reads after the pass has freed the group."""
+    parts = run(accelerate("step", str(data), "--tied"))
+    assert all(p["sharded"] for p in parts)
+    assert_parts_equal(parts, one_process(data, tied=True))
+
+
+def test_fsdp_first_step_with_gradient_caching_equals_one_process(data):
+    """``--micro-batch-size`` (gradient caching): passes without grad, then each micro-batch
+    again with its own backward, the LM head gathered for each micro-batch's KL."""
+    parts = run(accelerate("step", str(data), "--micro", "2"))
+    assert all(p["sharded"] for p in parts)
+    assert_parts_equal(parts, one_process(data, micro=2))
 
 
 def test_two_machines_on_one_host_equal_one_process(data, single):
@@ -119,6 +139,20 @@ def test_two_machines_on_one_host_equal_one_process(data, single):
     parts = results(outs[0][0] + outs[1][0])
     assert not any(p["sharded"] for p in parts)  # plain DDP across the machines
     assert_parts_equal(parts, single)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own LM head", "tied LM head"])
+def test_a_cut_pass_leaves_no_weights_gathered(data, tied):
+    """A pass cut after the target block (StopForward) ends inside the root module, past its
+    FSDP post-forward: every shard group it gathered must still be freed when it ends. While it
+    runs, an LM head of its own is never gathered (the pass never reaches it), nor the
+    embedding matrix once looked up, unless the head shares it."""
+    rows = run(accelerate("cut", str(data), *(["--tied"] if tied else [])))
+    norm = "base_model.model.model.norm.weight"  # the root's own, a vector: never resharded
+    for row in rows:
+        assert row["after"] == [norm], row
+        held = [n for n in row["at_cut"] if "embed_tokens" in n or "lm_head" in n]
+        assert held == (["base_model.model.model.embed_tokens.weight"] if tied else []), row
 
 
 @pytest.fixture(scope="module")

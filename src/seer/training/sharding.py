@@ -5,11 +5,13 @@ variables (``ACCELERATE_USE_FSDP``, ``ACCELERATE_USE_DEEPSPEED``, ``FSDP_*``). s
 here, once, and:
 
 - **FSDP**: shards the frozen base model itself with FSDP2 (``fully_shard``), one shard group per
-  decoder block and one for the rest (embeddings, final norm, LM head), before the Trainer sees
-  it. A pass cut after the target block gathers blocks ``0..L`` only, one at a time, and frees
-  each again after use (full shard). The LoRA weights (a few MB) stay whole on every process;
-  their gradients are averaged as under DDP. accelerate's own FSDP wrapping is switched off,
-  since it does not exist on CPUs (accelerate 1.16 turns an FSDP config into DDP there).
+  decoder block, one for the embedding matrix, one for the LM head (the two together where they
+  share their weights) and the root (the final norm), before the Trainer sees it. A pass cut
+  after the target block gathers the embedding and blocks ``0..L`` only, one at a time, and
+  frees each again after use (full shard); it never gathers an LM head of its own. The LoRA
+  weights (a few MB) stay whole on every process; their gradients are averaged as under DDP.
+  accelerate's own FSDP wrapping is switched off, since it does not exist on CPUs (accelerate
+  1.16 turns an FSDP config into DDP there).
 - **DeepSpeed** ZeRO-1/2: left to accelerate and the Trainer (the weights stay whole; the
   engine reduces the gradients). Refused in one line where accelerate cannot run it (CPUs) and
   for ZeRO-3 (see :data:`ZERO3`).
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seer.core.architecture import get_layers
+from seer.core.architecture import base_model, get_layers
 from seer.errors import SeerError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ZERO3",
     "check_engine",
     "fsdp_requested",
+    "gather",
     "gather_for_inference",
     "is_sharded",
     "shard",
@@ -112,14 +115,58 @@ def shard(model: nn.Module, layers_path: str | None = None) -> nn.Module:
     blocks = get_layers(model, layers_path)
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard, ignored_params=trainable)
-    fully_shard(model, reshard_after_forward=reshard, ignored_params=trainable)
+    for group in _ends(model):
+        fully_shard(group, reshard_after_forward=reshard, ignored_params=trainable)
+    # the root keeps only the final norm (a vector) of its own: left gathered between passes,
+    # so that a pass's backward through it never needs it again (see _end_cut_passes)
+    fully_shard(model, reshard_after_forward=False, ignored_params=trainable)
+    _end_cut_passes(model)
     model._is_accelerate_prepared = True  # type: ignore[assignment]  # accelerate's own flag
     logger.info(
-        "FSDP2: %d decoder blocks and the rest sharded over %d processes; LoRA weights whole",
+        "FSDP2: %d decoder blocks, the embeddings and the rest sharded over %d processes; "
+        "LoRA weights whole",
         len(blocks),
         torch.distributed.get_world_size(),
     )
     return model
+
+
+def _ends(model: nn.Module) -> list[nn.Module | list[nn.Module]]:
+    """The shard groups of the two ends of the model: the embedding matrix and the LM head
+    each on its own, so that a pass cut after the target block frees the embedding once looked
+    up and never gathers the head; one group of both where the head shares the embedding's
+    weight (FSDP2 gathers a parameter in one group only)."""
+    inner: Any = base_model(model)
+    embed, head = inner.get_input_embeddings(), inner.get_output_embeddings()
+    if not isinstance(head, nn.Module) or not hasattr(head, "weight"):
+        return [embed]
+    if head.weight is embed.weight:
+        return [[embed, head]]
+    return [embed, head]
+
+
+def gather(module: nn.Module) -> None:
+    """Gather the shard group of ``module`` now, if it has one: for a weight read outside its
+    module's forward (the chunked KL reads the LM head's). FSDP frees the group again when the
+    step's backward has ended; without FSDP this does nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        module.unshard()
+
+
+def _end_cut_passes(model: nn.Module) -> None:
+    """Let FSDP end a pass that a hook cut short (``StopForward``, raised in the target block).
+
+    The exception leaves the root module's forward before FSDP's post-forward hook runs, so the
+    groups the pass gathered stayed whole and FSDP's state "in forward" until the step's
+    backward. PyTorch runs a forward hook marked ``always_call`` even when the forward raises:
+    FSDP's own root hook is marked so (it then runs with no output), and ends the pass as if
+    it had returned. With no output it registers no hook to gather the root again for the
+    backward, which is why the root (the final norm alone) is never resharded after forward.
+    ``tests/test_sharded.py`` checks what a cut pass leaves gathered."""
+    handle = model._get_fsdp_state()._post_forward_hook_handle  # type: ignore[operator]
+    model._forward_hooks_always_called[handle.id] = True
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from seer.core.layers import capture_final_states, capture_layers, run_until
 from seer.core.memory import set_checkpointing
 from seer.core.represent import normalize_states, pick_positions
 from seer.errors import SeerError
+from seer.training import sharding
 from seer.training.config import TrainConfig
 from seer.training.gradcache import batch_lengths, micro_batches, rng_state, set_rng_state
 from seer.training.health import HealthCallback, gradient_shares
@@ -163,6 +164,7 @@ class SeerTrainer(Trainer):
     def _kl(self, model: Any, final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         hf = model.get_base_model()
         head = hf.get_output_embeddings()
+        sharding.gather(head)  # under FSDP: the weight whole until the backward has ended
         cap = logit_softcap(hf.config)
         return losses.chunked_next_token_kl(final, reference, head.weight, head.bias, cap)
 
