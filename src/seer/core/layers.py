@@ -100,7 +100,7 @@ def capture_final_states(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     ``store["final"]`` and cut the pass there (``StopForward``): no logits are computed.
 
     The pass goes through the whole (possibly wrapped) model, so that a wrapper's hooks on the
-    root module run (FSDP gathers the root's parameters there); call it with :func:`run_until`.
+    root module run (FSDP's begin and end a pass there); call it with :func:`run_until`.
     """
     head = _unwrap(model).get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, nn.Module):

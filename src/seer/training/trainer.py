@@ -138,8 +138,8 @@ class SeerTrainer(Trainer):
         the final hidden states (the LM head's input; the head itself never runs) at the real
         tokens only ``[n_real, H]``, for the chunked KL; otherwise stop after the deepest
         recorded layer. The pass enters through ``model`` itself, so that under FSDP the root's
-        hooks gather its parameters (embeddings, final norm, head), and a cut pass gathers the
-        blocks up to the target only."""
+        hooks run (and end the pass, even a cut one), and a cut pass gathers the embedding and
+        the blocks up to the target only (:mod:`seer.training.sharding`)."""
         cfg = self.seer_config
         empty: dict[str, torch.Tensor] = {}
         finals: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
