@@ -163,4 +163,7 @@ if __name__ == "__main__":
     # and print's separate writes of the text and its newline could interleave.
     sys.stdout.flush()
     os.write(1, ("RESULT " + json.dumps(out) + "\n").encode())
+    # both processes done before either tears its process group down: one CI rehearsal saw rank
+    # 0 abort at exit ("terminate called without an active exception") after the tied cut pass
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
