@@ -67,6 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     from demo_trainer import demo_trainer
 
     from seer.training.sharding import is_sharded
+    from seer.training.train import close_process_group
 
     trainer = demo_trainer(
         args.model,
@@ -102,6 +103,9 @@ def worker(args: argparse.Namespace) -> None:
         trimmed_mib=_trimmed_mib(),
     )
     print("ROW " + json.dumps(row), flush=True)
+    if torch.distributed.is_initialized():  # both done, then the group ends before Python does
+        torch.distributed.barrier()
+    close_process_group()
 
 
 def _port() -> int:

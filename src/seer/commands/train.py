@@ -13,9 +13,12 @@ Config = TrainConfig
 
 
 def main(config: TrainConfig, *, progress: bool = True) -> int:
-    from seer.training.train import train  # deferred: torch and transformers
+    from seer.training.train import close_process_group, train  # deferred: torch, transformers
 
-    out = train(config, progress=progress)
+    try:
+        out = train(config, progress=progress)
+    finally:  # this process owns the process group of a launch: end it before Python's shutdown
+        close_process_group()
     print(f"run written to {out}")
     print(f"next: seer evaluate {out}")
     return 0

@@ -35,7 +35,7 @@ from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
 
-__all__ = ["build_trainer", "default_layer", "train"]
+__all__ = ["build_trainer", "close_process_group", "default_layer", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,18 @@ Rows = tuple[list[dict], list[dict], list[dict]]  # the train, calibration and t
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def close_process_group() -> None:
+    """Tear down the default process group, if one is up (a no-op in one plain process).
+
+    Call it once at the end of a script that trained under ``torchrun`` or ``accelerate launch``,
+    after its last collective (:func:`train` ends on a barrier), as PyTorch asks of every process:
+    a gloo group left to the interpreter's shutdown can abort a process that has finished its work
+    ("terminate called without an active exception", exit -6): its worker threads still hold work
+    objects whose tensors are freed after Python is gone. ``seer train`` calls it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _prepare_data(config: TrainConfig, partial: Path) -> Rows:
