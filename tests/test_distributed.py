@@ -152,6 +152,8 @@ CLI_SCRIPT = textwrap.dedent(
     import os, sys
     import torch
     from seer import cli
+    if os.environ.get("OWN_GROUP"):  # a group of the caller's (a serving engine's): left up
+        torch.distributed.init_process_group("gloo", world_size=1, rank=0)
     status = cli.main(sys.argv[1:])
     print(f"rank {os.environ['RANK']} status {status} "
           f"group up {torch.distributed.is_initialized()}", flush=True)
@@ -184,6 +186,13 @@ def test_seer_train_ends_its_process_group(tmp_path):
     for rank in (0, 1):
         assert f"rank {rank} status 0 group up False" in proc.stdout, proc.stdout
     assert (tmp_path / "run" / "seer.json").is_file()
+    # one process whose group was up before the command (vLLM's engine starts one): still up
+    cmd[cmd.index("--output") + 1] = str(tmp_path / "run2")
+    cmd[cmd.index("--nproc_per_node") + 1] = "1"
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    proc = subprocess.run(cmd, env={**env, "OWN_GROUP": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 status 0 group up True" in proc.stdout, proc.stdout
 
 
 if not dist.is_available():  # pragma: no cover

@@ -13,12 +13,10 @@ Config = TrainConfig
 
 
 def main(config: TrainConfig, *, progress: bool = True) -> int:
-    from seer.training.train import close_process_group, train  # deferred: torch, transformers
+    from seer.training.train import process_group_ended, train  # deferred: torch, transformers
 
-    try:
+    with process_group_ended():  # a launch's group ends before Python's shutdown
         out = train(config, progress=progress)
-    finally:  # this process owns the process group of a launch: end it before Python's shutdown
-        close_process_group()
     print(f"run written to {out}")
     print(f"next: seer evaluate {out}")
     return 0

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,7 +36,7 @@ from seer.training.signals import StopOnSignal
 from seer.training.summary import RunClock, logs_off_stdout, whole_run_loss
 from seer.training.trainer import SeerTrainer
 
-__all__ = ["build_trainer", "close_process_group", "default_layer", "train"]
+__all__ = ["build_trainer", "close_process_group", "default_layer", "process_group_ended", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,23 @@ def close_process_group() -> None:
     after its last collective (:func:`train` ends on a barrier), as PyTorch asks of every process:
     a gloo group left to the interpreter's shutdown can abort a process that has finished its work
     ("terminate called without an active exception", exit -6): its worker threads still hold work
-    objects whose tensors are freed after Python is gone. ``seer train`` calls it."""
+    objects whose tensors are freed after Python is gone. ``seer train`` ends the group it started
+    (:func:`process_group_ended`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def process_group_ended() -> Iterator[None]:
+    """End, on the way out, a process group that came up inside the block (accelerate starts one
+    in each process of a launch); one that was already up belongs to its caller (a serving
+    engine's, a script's own) and is left alone."""
+    before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    try:
+        yield
+    finally:
+        if not before:
+            close_process_group()
 
 
 def _prepare_data(config: TrainConfig, partial: Path) -> Rows:
